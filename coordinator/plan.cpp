@@ -1,0 +1,115 @@
+#include "coordinator/plan.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "coordinator/shard_reader.h"
+#include "core/dtype_cast.h"
+
+namespace shardcast {
+namespace {
+
+bool pattern_matches(const std::string& pattern, const std::string& name) {
+  if (!pattern.empty() && pattern.back() == '*') return name.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
+  return name == pattern;
+}
+
+DType target_dtype(DType source, const std::optional<DType>& requested) {
+  if (requested && dtype_is_floating(source) && can_cast(source, *requested)) return *requested;
+  return source;
+}
+
+void mix(uint64_t& h, uint64_t v) { h = (h ^ v) * 1099511628211ull; }
+void mix(uint64_t& h, const std::string& s) {
+  for (unsigned char c : s) mix(h, c);
+  mix(h, 0xff);
+}
+
+}  // namespace
+
+bool tensor_selected(const std::string& name, const std::vector<std::string>& patterns) {
+  if (patterns.empty()) return true;
+  return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) { return pattern_matches(p, name); });
+}
+
+Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size) {
+  if (request.dtype && !(dtype_is_floating(*request.dtype) && can_cast(*request.dtype, DType::kF32))) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("dtype {} cannot be loaded into: use F16, BF16, F32, F64 or auto", dtype_name(*request.dtype)));
+  }
+  for (const std::string& pattern : request.tensors) {
+    bool any = std::any_of(catalog.tensors.begin(), catalog.tensors.end(),
+                           [&](const TensorInfo& t) { return pattern_matches(pattern, t.name); });
+    if (!any) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("tensor '{}' is not in checkpoint '{}'", pattern, catalog.root.string()));
+    }
+  }
+
+  Plan plan;
+  for (uint32_t s = 0; s < catalog.shards.size(); ++s) {
+    PlannedSegment segment;
+    segment.shard = s;
+    for (const TensorInfo* t : shard_tensors_in_read_order(catalog, s)) {
+      if (!tensor_selected(t->name, request.tensors)) continue;
+      PlannedTensor p;
+      p.catalog_index = static_cast<uint32_t>(t - catalog.tensors.data());
+      p.dtype = target_dtype(t->dtype, request.dtype);
+      p.nbytes = t->numel() * dtype_size(p.dtype);
+      p.offset = (segment.size + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
+      segment.size = p.offset + p.nbytes;
+      segment.tensors.push_back(p);
+    }
+    if (segment.tensors.empty()) continue;
+    plan.tensor_count += segment.tensors.size();
+    plan.total_bytes += segment.size;
+    plan.segments.push_back(std::move(segment));
+  }
+
+  // Readers: .bin shards are decoded whole by one rank; safetensors tensors are spread over the local ranks,
+  // largest first onto the least loaded rank.
+  const int readers = request.parallel_read ? std::max(1, local_size) : 1;
+  std::vector<uint64_t> load(readers, 0);
+  auto least_loaded = [&] { return static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin()); };
+  std::vector<PlannedTensor*> spread;
+  for (PlannedSegment& segment : plan.segments) {
+    if (catalog.shards[segment.shard].format == CheckpointFormat::kTorchBin) {
+      int r = least_loaded();
+      for (PlannedTensor& p : segment.tensors) p.reader = r;
+      load[r] += segment.size;
+    } else {
+      for (PlannedTensor& p : segment.tensors) spread.push_back(&p);
+    }
+  }
+  std::stable_sort(spread.begin(), spread.end(), [](const PlannedTensor* a, const PlannedTensor* b) { return a->nbytes > b->nbytes; });
+  for (PlannedTensor* p : spread) {
+    p->reader = least_loaded();
+    load[p->reader] += p->nbytes;
+  }
+
+  if (request.one_shard_at_a_time) {
+    for (size_t i = 0; i < plan.segments.size(); ++i) plan.batches.push_back({i});
+  } else if (!plan.segments.empty()) {
+    plan.batches.emplace_back();
+    for (size_t i = 0; i < plan.segments.size(); ++i) plan.batches[0].push_back(i);
+  }
+
+  uint64_t h = 1469598103934665603ull;
+  for (const PlannedSegment& segment : plan.segments) {
+    mix(h, segment.shard);
+    mix(h, segment.size);
+    for (const PlannedTensor& p : segment.tensors) {
+      const TensorInfo& t = catalog.tensors[p.catalog_index];
+      mix(h, t.name);
+      mix(h, static_cast<uint64_t>(p.dtype));
+      mix(h, p.offset);
+      mix(h, p.nbytes);
+      mix(h, static_cast<uint64_t>(p.reader));
+    }
+  }
+  plan.layout_hash = h;
+  return plan;
+}
+
+}  // namespace shardcast

@@ -1,0 +1,58 @@
+// The plan: the one place that decides what a node stages, where each tensor sits in which segment, in which dtype,
+// and which local rank reads it. Stage and worker execute it; they do not re-decide. Deterministic: every rank
+// computes the same plan from the same catalog and request, and the layout hash proves it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "coordinator/catalog.h"
+
+namespace shardcast {
+
+struct LoadRequest {
+  // Floating tensors (F16, BF16, F32, F64) are converted to this dtype once per node; nullopt ("auto") keeps the
+  // checkpoint's dtypes. Integer, bool and F8 tensors always keep theirs.
+  std::optional<DType> dtype;
+  // Which tensors: empty means all; an entry ending in '*' is a prefix ("model.layers.0.*"), others exact names.
+  // A pattern that matches nothing is an error.
+  std::vector<std::string> tensors;
+  // Stage one shard at a time (private placement: the node never holds more than one shard in shared memory).
+  bool one_shard_at_a_time = false;
+  // Local ranks that read from storage: all of them (true), or only the node leader.
+  bool parallel_read = true;
+};
+
+struct PlannedTensor {
+  uint32_t catalog_index = 0;  // into Catalog::tensors
+  DType dtype = DType::kF32;   // in the segment (after conversion)
+  uint64_t offset = 0;         // in the segment's data, 64-byte aligned
+  uint64_t nbytes = 0;         // in the segment
+  int reader = 0;              // local rank that fills it
+};
+
+struct PlannedSegment {
+  uint32_t shard = 0;
+  uint64_t size = 0;
+  std::vector<PlannedTensor> tensors;  // in source file order
+};
+
+struct Plan {
+  std::vector<PlannedSegment> segments;     // one per shard holding a requested tensor
+  std::vector<std::vector<size_t>> batches;  // segment indices staged and released together
+  uint64_t total_bytes = 0;                  // sum of segment sizes
+  uint64_t layout_hash = 0;
+  size_t tensor_count = 0;
+};
+
+inline constexpr uint64_t kTensorAlignment = 64;
+
+// Throws kInvalidArgument for a pattern matching nothing or an impossible dtype.
+Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size);
+
+// Is `name` selected by the request's patterns?
+bool tensor_selected(const std::string& name, const std::vector<std::string>& patterns);
+
+}  // namespace shardcast

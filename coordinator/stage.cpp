@@ -1,0 +1,69 @@
+#include "coordinator/stage.h"
+
+#include <cstring>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "coordinator/torch_bin.h"
+#include "core/dtype_cast.h"
+#include "core/file.h"
+
+namespace shardcast {
+namespace {
+
+void fill(const TensorInfo& t, const PlannedTensor& p, const uint8_t* source, uint8_t* segment) {
+  cast_elements(source, t.dtype, segment + p.offset, p.dtype, t.numel());
+}
+
+}  // namespace
+
+StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::vector<size_t>& batch, int reader,
+                         const std::vector<uint8_t*>& segment_data) {
+  StageStats stats;
+  for (size_t index : batch) {
+    const PlannedSegment& segment = plan.segments[index];
+    uint8_t* data = segment_data.at(index);
+    const ShardInfo& shard = catalog.shards[segment.shard];
+    bool mine = false;
+    for (const PlannedTensor& p : segment.tensors) mine |= p.reader == reader;
+    if (!mine) continue;
+    try {
+      if (shard.format == CheckpointFormat::kSafetensors) {
+        File file = File::open_read(shard.path);
+        std::vector<uint8_t> bounce;
+        for (const PlannedTensor& p : segment.tensors) {
+          if (p.reader != reader) continue;
+          const TensorInfo& t = catalog.tensors[p.catalog_index];
+          if (t.dtype == p.dtype) {
+            file.read_exact_at(data + p.offset, p.nbytes, t.file_offset);
+          } else {
+            bounce.resize(t.nbytes());
+            file.read_exact_at(bounce.data(), bounce.size(), t.file_offset);
+            fill(t, p, bounce.data(), data);
+          }
+          ++stats.tensors;
+          stats.bytes_written += p.nbytes;
+        }
+      } else {
+        std::map<std::string, Bytes> decoded;
+        for (BinTensor& b : read_torch_bin(shard.path)) decoded.emplace(b.name, std::move(b.bytes));
+        for (const PlannedTensor& p : segment.tensors) {
+          const TensorInfo& t = catalog.tensors[p.catalog_index];
+          auto it = decoded.find(t.name);
+          if (it == decoded.end() || it->second.size != t.nbytes()) {
+            throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("tensor '{}' changed since the catalog was read", t.name));
+          }
+          fill(t, p, it->second.data, data);
+          ++stats.tensors;
+          stats.bytes_written += p.nbytes;
+        }
+      }
+    } catch (const Error& e) {
+      throw e.with_context(shard_context(catalog, segment.shard));
+    }
+  }
+  return stats;
+}
+
+}  // namespace shardcast

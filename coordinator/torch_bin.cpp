@@ -1,0 +1,152 @@
+#include "coordinator/torch_bin.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include <ATen/ATen.h>
+#include <caffe2/serialize/file_adapter.h>
+#include <caffe2/serialize/inline_container.h>
+#include <fmt/format.h>
+#include <torch/csrc/jit/serialization/storage_context.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include "coordinator/pickle_compat.h"
+#include "coordinator/torch_dtype.h"
+#include "core/error.h"
+#include "core/file.h"
+#include "core/io_stats.h"
+
+namespace shardcast {
+namespace {
+
+[[noreturn]] void corrupt(const std::filesystem::path& path, const std::string& what) {
+  throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}': {}", path.string(), what));
+}
+
+DType to_dtype(at::ScalarType type, const std::filesystem::path& path, const std::string& name) {
+  auto dtype = from_scalar_type(type);
+  if (!dtype) corrupt(path, fmt::format("tensor '{}' has dtype {}, which shardcast does not load", name, c10::toString(type)));
+  return *dtype;
+}
+
+at::ScalarType to_torch(DType dtype, const std::string& name) {
+  auto type = to_scalar_type(dtype);
+  if (!type) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("tensor '{}': dtype {} has no equivalent in this LibTorch ({}.{}); use safetensors", name,
+                            dtype_name(dtype), TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR));
+  }
+  return *type;
+}
+
+void check_zip_magic(const std::filesystem::path& path) {
+  File file = File::open_read(path);
+  unsigned char magic[4] = {0, 0, 0, 0};
+  if (file.size() < 4) corrupt(path, fmt::format("file is {} bytes, too short for a torch.save archive", file.size()));
+  file.read_exact_at(magic, 4, 0);
+  if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) return;
+  if (magic[0] == 0x80) {
+    corrupt(path,
+            "legacy torch.save format (non-zip, before PyTorch 1.6) is not supported; re-save it with "
+            "torch.save(torch.load(f), f2) in PyTorch >= 1.6, then run shardcast convert");
+  }
+  corrupt(path, "not a torch.save zip archive (no 'PK' zip signature)");
+}
+
+}  // namespace
+
+std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) {
+  check_zip_magic(path);
+  c10::IValue root;
+  try {
+    // What torch::jit::readArchiveAndTensors does, with the pickle made readable by this unpickler first.
+    caffe2::serialize::PyTorchStreamReader reader(path.string());
+    count_checkpoint_read(std::filesystem::file_size(path));  // the archive is read whole
+    auto [pickle_data, pickle_size] = reader.getRecord("data.pkl");
+    const std::string pickle =
+        make_pickle_loadable_by_libtorch(std::string_view(static_cast<const char*>(pickle_data.get()), pickle_size));
+    size_t position = 0;
+    auto read = [&](char* buffer, size_t n) {
+      n = std::min(n, pickle.size() - position);
+      std::memcpy(buffer, pickle.data() + position, n);
+      position += n;
+      return n;
+    };
+    auto read_record = [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); };
+    // No type resolver and no object loader: any global beyond tensors, storages and containers is refused. The
+    // storage context makes tensors that name one storage share it (tied weights saved as separate views).
+    torch::jit::Unpickler unpickler(read, nullptr, nullptr, read_record, at::Device(at::kCPU),
+                                    /*use_storage_device=*/false, torch::jit::Unpickler::defaultTypeParser,
+                                    std::make_shared<torch::jit::DeserializationStorageContext>());
+    unpickler.set_version(reader.version());
+    root = unpickler.parse_ivalue();
+  } catch (const c10::Error& e) {
+    corrupt(path, fmt::format("cannot decode the torch.save archive: {}", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    corrupt(path, fmt::format("cannot decode the torch.save archive: {}", e.what()));
+  }
+  if (!root.isGenericDict()) {
+    corrupt(path, fmt::format("holds a {}, expected a state dict (name -> tensor)", root.tagKind()));
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> entries;
+  for (const auto& item : root.toGenericDict()) {
+    if (!item.key().isString()) corrupt(path, fmt::format("state dict has a {} key, expected names", item.key().tagKind()));
+    const std::string name = item.key().toStringRef();
+    if (name == kPickleStateKey) continue;  // an OrderedDict's _metadata, see pickle_compat.h
+    if (!item.value().isTensor()) {
+      corrupt(path, fmt::format("key '{}' holds a {}, not a tensor; shardcast loads flat state dicts", name,
+                                item.value().tagKind()));
+    }
+    entries.emplace_back(name, item.value().toTensor());
+  }
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+
+  // Tied weights: the same storage viewed the same way. Key on everything that defines the view.
+  using ViewKey = std::tuple<const void*, int64_t, std::vector<int64_t>, std::vector<int64_t>, int>;
+  std::map<ViewKey, size_t> first_view;
+  std::vector<BinTensor> out;
+  out.reserve(entries.size());
+  for (auto& [name, tensor] : entries) {
+    BinTensor t;
+    t.name = name;
+    t.dtype = to_dtype(tensor.scalar_type(), path, name);
+    t.shape = tensor.sizes().vec();
+    ViewKey key{tensor.storage().unsafeGetStorageImpl(), tensor.storage_offset(), tensor.sizes().vec(),
+                tensor.strides().vec(), static_cast<int>(tensor.scalar_type())};
+    auto [it, inserted] = first_view.emplace(key, out.size());
+    if (!inserted && tensor.numel() > 0) {
+      const BinTensor& original = out[it->second];
+      t.tied_to = original.name;
+      t.bytes = original.bytes;
+    } else {
+      auto contiguous = std::make_shared<at::Tensor>(tensor.contiguous());
+      t.bytes = Bytes{static_cast<const uint8_t*>(contiguous->data_ptr()), contiguous->nbytes(), contiguous};
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+void write_torch_bin(const std::filesystem::path& path, const std::vector<TensorData>& tensors) {
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const TensorData& t : tensors) {
+    auto options = at::TensorOptions().dtype(to_torch(t.dtype, t.name));
+    at::Tensor tensor = at::empty(t.shape, options);
+    if (tensor.nbytes() != t.bytes.size) {
+      throw Error(ErrorCode::kInvalidArgument, fmt::format("tensor '{}': {} bytes given, its shape needs {}", t.name,
+                                                           t.bytes.size, tensor.nbytes()));
+    }
+    if (t.bytes.size > 0) std::memcpy(tensor.data_ptr(), t.bytes.data, t.bytes.size);
+    dict.insert(t.name, tensor);
+  }
+  std::vector<char> archive = torch::jit::pickle_save(c10::IValue(dict));
+  File file = File::create_exclusive(path);
+  file.write_all(archive.data(), archive.size());
+  file.sync();
+}
+
+}  // namespace shardcast

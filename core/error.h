@@ -1,0 +1,39 @@
+// The one error type of shardcast: a code from a small set and a message that says what to do.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace shardcast {
+
+enum class ErrorCode {
+  kInvalidArgument,    // the caller asked for something impossible (bad option, bad path, unsupported dtype)
+  kCorruptCheckpoint,  // a checkpoint file or index breaks its format
+  kSystem,             // a system call failed (open, read, mmap, ...)
+  kTimeout,            // a wait ran past its deadline
+  kRemoteRankFailed,   // another rank reported a failure
+  kCuda,               // a CUDA runtime call failed
+  kNccl,               // an NCCL call failed
+};
+
+const char* error_code_name(ErrorCode code);
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+
+  ErrorCode code() const { return code_; }
+
+  // The same error with "context: " in front, added while unwinding (llama.cpp style):
+  //   loading shard 3/8 'model-00003-of-00008.safetensors': tensor 'lm_head.weight': ...
+  Error with_context(std::string_view context) const;
+
+ private:
+  ErrorCode code_;
+};
+
+// Throws kSystem naming the call, what it acted on and errno's text.
+[[noreturn]] void throw_system_error(std::string_view call, std::string_view subject, int errno_value);
+
+}  // namespace shardcast

@@ -1,0 +1,110 @@
+#include "core/file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/io_stats.h"
+
+namespace shardcast {
+
+File::~File() { close(); }
+
+File::File(File&& other) noexcept : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
+
+File& File::operator=(File&& other) noexcept {
+  if (this != &other) {
+    close();
+    fd_ = std::exchange(other.fd_, -1);
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+void File::close() noexcept {
+  if (fd_ >= 0 && ::close(fd_) != 0) {
+    std::fprintf(stderr, "shardcast: warning: close('%s') failed: errno %d\n", path_.c_str(), errno);
+  }
+  fd_ = -1;
+}
+
+File File::open_read(const std::filesystem::path& path) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) throw_system_error("open", path.string(), errno);
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorCode::kInvalidArgument, fmt::format("'{}' is a directory, expected a file", path.string()));
+  }
+  return File(fd, path);
+}
+
+File File::create_exclusive(const std::filesystem::path& path, mode_t mode) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) throw_system_error("open(O_CREAT|O_EXCL)", path.string(), errno);
+  return File(fd, path);
+}
+
+uint64_t File::size() const {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) throw_system_error("fstat", path_.string(), errno);
+  return static_cast<uint64_t>(st.st_size);
+}
+
+void File::read_exact_at(void* dst, size_t n, uint64_t offset) const {
+  auto* out = static_cast<char*>(dst);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t got = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw_system_error("pread", fmt::format("{}' at byte {}, {} bytes", path_.string(), offset + done, n - done), errno);
+    }
+    if (got == 0) {
+      throw Error(ErrorCode::kCorruptCheckpoint,
+                  fmt::format("'{}': file ends at byte {}, but {} bytes were needed from byte {}", path_.string(),
+                              offset + done, n, offset));
+    }
+    done += static_cast<size_t>(got);
+  }
+  count_checkpoint_read(n);
+}
+
+void File::write_all(const void* src, size_t n) {
+  const auto* in = static_cast<const char*>(src);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t put = ::write(fd_, in + done, n - done);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      throw_system_error("write", path_.string(), errno);
+    }
+    done += static_cast<size_t>(put);
+  }
+}
+
+void File::sync() {
+  if (::fsync(fd_) != 0) throw_system_error("fsync", path_.string(), errno);
+}
+
+std::string read_text_file(const std::filesystem::path& path) {
+  File file = File::open_read(path);
+  std::string text(file.size(), '\0');
+  file.read_exact_at(text.data(), text.size(), 0);
+  return text;
+}
+
+}  // namespace shardcast

@@ -1,0 +1,49 @@
+// The collectives shardcast needs, behind one interface: MPI (mpirun, srun), a c10d store (torchrun-style launches,
+// forked test ranks), or a single process. Every call has a timeout and says what it was waiting for.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace shardcast {
+
+using Timeout = std::chrono::milliseconds;
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string kind() const = 0;  // "mpi", "store", "self"
+
+  // Each rank contributes `mine`; everyone gets every rank's value, indexed by rank. `what` names the step in a
+  // timeout error ("kTimeout: ... waiting for ranks 2, 3 in 'stage: status'").
+  virtual std::vector<std::string> all_gather(const std::string& mine, const std::string& what, Timeout timeout) = 0;
+
+  // Root's bytes reach every rank's `data` (all pass the same size).
+  virtual void broadcast(void* data, size_t size, int root, const std::string& what, Timeout timeout) = 0;
+
+  virtual void barrier(const std::string& what, Timeout timeout);
+
+  // Ranks with the same color form a new communicator, ordered by key then rank.
+  virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& what, Timeout timeout) = 0;
+
+  // What identifies this rank's node: ranks with equal keys share memory. Default: the host name.
+  virtual std::string node_key(Timeout timeout);
+};
+
+std::unique_ptr<Communicator> make_self_communicator();
+
+// Ranks meet through a c10d FileStore in `path` (a file all ranks can reach): forked test ranks, single-node jobs.
+std::unique_ptr<Communicator> make_file_store_communicator(const std::filesystem::path& path, int rank, int size);
+
+// Open MPI's MPI_COMM_WORLD; initialises MPI on first use and finalizes it at exit.
+std::unique_ptr<Communicator> make_mpi_world_communicator();
+bool launched_by_mpi();  // OMPI_COMM_WORLD_SIZE or PMI_SIZE/PMIX_RANK in the environment
+
+}  // namespace shardcast

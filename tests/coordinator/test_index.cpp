@@ -1,0 +1,211 @@
+// The index and its consistency with the shards: each defect is found, named, and (in verify mode) all are listed.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "coordinator/catalog.h"
+#include "coordinator/index.h"
+#include "coordinator/sharded_writer.h"
+#include "coordinator/synth.h"
+#include "tests/support/temp_dir.h"
+
+namespace shardcast {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+TensorData tensor(const std::string& name, size_t n_f32) {
+  TensorData t;
+  t.name = name;
+  t.dtype = DType::kF32;
+  t.shape = {static_cast<int64_t>(n_f32)};
+  std::vector<uint8_t> bytes(n_f32 * 4);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7 + name.size());
+  t.bytes = Bytes::from_vector(std::move(bytes));
+  return t;
+}
+
+// Three shards: a+b | c | d (40-byte limit; a, b hold 16 bytes, c, d 32).
+void write_three_shards(const fs::path& dir) {
+  WriterOptions options;
+  options.max_shard_size = 40;
+  save_sharded({tensor("a", 4), tensor("b", 4), tensor("c", 8), tensor("d", 8)}, dir, options);
+}
+
+nlohmann::json read_index(const fs::path& dir) {
+  return nlohmann::json::parse(testing::read_file(dir / "model.safetensors.index.json"));
+}
+void write_index(const fs::path& dir, const nlohmann::json& index) {
+  testing::write_file(dir / "model.safetensors.index.json", index.dump());
+}
+
+std::string first_problem(const fs::path& dir) {
+  try {
+    open_catalog(dir);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::vector<std::string> all_problems(const fs::path& dir) {
+  std::vector<Error> problems;
+  std::vector<std::string> warnings;
+  scan_catalog(dir, &problems, &warnings);
+  std::vector<std::string> out;
+  for (const Error& e : problems) out.push_back(e.what());
+  for (const std::string& w : warnings) out.push_back("warning: " + w);
+  return out;
+}
+
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
+
+TEST(Index, SoundShardedCheckpointOpensWithEveryTensor) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  Catalog c = open_catalog(dir.path());
+  EXPECT_EQ(c.shards.size(), 3u);
+  ASSERT_EQ(c.tensors.size(), 4u);
+  EXPECT_EQ(c.shards[c.find("c")->shard].file, "model-00002-of-00003.safetensors");
+  EXPECT_EQ(c.index_total_size, 96u);
+  EXPECT_TRUE(all_problems(dir.path()).empty());
+}
+
+TEST(Index, AbsoluteShardPathIsRejected) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  auto index = read_index(dir.path());
+  index["weight_map"]["a"] = (dir / "model-00001-of-00003.safetensors").string();
+  write_index(dir.path(), index);
+  EXPECT_CONTAINS(first_problem(dir.path()), "is absolute");
+}
+
+TEST(Index, DotDotShardPathIsRejected) {
+  TempDir dir;
+  write_three_shards(dir / "ckpt");
+  auto index = read_index(dir / "ckpt");
+  index["weight_map"]["a"] = "../ckpt/model-00001-of-00003.safetensors";
+  write_index(dir / "ckpt", index);
+  EXPECT_CONTAINS(first_problem(dir / "ckpt"), "contains '..'");
+}
+
+TEST(Index, SymlinkLeavingTheCheckpointIsRejected) {
+  TempDir dir;
+  write_three_shards(dir / "ckpt");
+  fs::rename(dir / "ckpt" / "model-00003-of-00003.safetensors", dir / "outside.safetensors");
+  fs::create_symlink(dir / "outside.safetensors", dir / "ckpt" / "model-00003-of-00003.safetensors");
+  EXPECT_CONTAINS(first_problem(dir / "ckpt"), "outside the checkpoint directory");
+}
+
+TEST(Index, SymlinkInsideTheCheckpointIsAccepted) {
+  TempDir dir;
+  write_three_shards(dir / "ckpt");
+  fs::create_directories(dir / "ckpt" / "blobs");
+  fs::rename(dir / "ckpt" / "model-00003-of-00003.safetensors", dir / "ckpt" / "blobs" / "3");
+  fs::create_symlink("blobs/3", dir / "ckpt" / "model-00003-of-00003.safetensors");
+  EXPECT_EQ(open_catalog(dir / "ckpt").tensors.size(), 4u);
+}
+
+TEST(Index, MissingShardFileIsNamed) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  fs::remove(dir / "model-00002-of-00003.safetensors");
+  EXPECT_CONTAINS(first_problem(dir.path()), "shard 'model-00002-of-00003.safetensors' is listed in weight_map but");
+}
+
+TEST(Index, MappedTensorMissingFromItsShardIsReported) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  auto index = read_index(dir.path());
+  index["weight_map"]["ghost"] = "model-00001-of-00003.safetensors";
+  write_index(dir.path(), index);
+  EXPECT_CONTAINS(first_problem(dir.path()), "maps tensor 'ghost' to 'model-00001-of-00003.safetensors', but that shard does not hold it");
+}
+
+TEST(Index, TensorMappedToTheWrongShardSaysWhereItIs) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  auto index = read_index(dir.path());
+  index["weight_map"]["a"] = "model-00003-of-00003.safetensors";  // shard 1 stays listed through "b"
+  write_index(dir.path(), index);
+  EXPECT_CONTAINS(first_problem(dir.path()), "maps tensor 'a' to 'model-00003-of-00003.safetensors', but that shard does "
+                                             "not hold it (it is in 'model-00001-of-00003.safetensors')");
+}
+
+TEST(Index, TensorInTwoShardsIsRejected) {
+  TempDir dir;
+  write_three_shards(dir / "ckpt");
+  // Replace shard 3 ("d") with a shard holding both "d" and "c".
+  fs::remove(dir / "ckpt" / "model-00003-of-00003.safetensors");
+  save_sharded({tensor("c", 8), tensor("d", 8)}, dir / "other");
+  fs::rename(dir / "other" / "model.safetensors", dir / "ckpt" / "model-00003-of-00003.safetensors");
+  EXPECT_CONTAINS(first_problem(dir / "ckpt"),
+                  "tensor 'c' lives in two shards: 'model-00002-of-00003.safetensors' and 'model-00003-of-00003.safetensors'");
+}
+
+TEST(Index, TensorMissingFromWeightMapIsReported) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  auto index = read_index(dir.path());
+  index["weight_map"].erase("b");
+  write_index(dir.path(), index);
+  EXPECT_CONTAINS(first_problem(dir.path()), "tensor 'b' is in shard 'model-00001-of-00003.safetensors' but not in weight_map");
+}
+
+TEST(Index, DisagreeingTotalSizeIsAWarningNotAFailure) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  auto index = read_index(dir.path());
+  index["metadata"]["total_size"] = 97;
+  write_index(dir.path(), index);
+  EXPECT_EQ(open_catalog(dir.path()).tensors.size(), 4u);
+  auto problems = all_problems(dir.path());
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_CONTAINS(problems[0], "warning: ");
+  EXPECT_CONTAINS(problems[0], "metadata.total_size is 97 but the shards hold 96 bytes");
+}
+
+TEST(Index, EveryProblemIsListedNotJustTheFirst) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  auto index = read_index(dir.path());
+  index["weight_map"]["ghost"] = "model-00001-of-00003.safetensors";
+  index["weight_map"].erase("d");
+  write_index(dir.path(), index);
+  testing::write_file(dir / "model-00002-of-00003.safetensors", "garbage!garbage!");
+  auto problems = all_problems(dir.path());
+  EXPECT_EQ(problems.size(), 2u);  // the broken shard 2 and the ghost; shard 3 is no longer in the index at all
+  EXPECT_CONTAINS(first_problem(dir.path()), "has 2 problems");
+}
+
+TEST(IndexParse, MalformedIndexesAreRejected) {
+  struct Case {
+    const char* json;
+    const char* expected;
+  } cases[] = {
+      {"[]", "index is not a JSON object"},
+      {R"({"metadata":{}})", "index has no weight_map"},
+      {R"({"weight_map":[]})", "weight_map is not a JSON object"},
+      {R"({"weight_map":{"a":1}})", "weight_map entry 'a' is not a file name"},
+      {R"({"weight_map":{"a":"x","a":"y"}})", "has the key 'a' more than once"},
+      {R"({"metadata":{"total_size":-4},"weight_map":{}})", "metadata.total_size -4 is not a non-negative integer"},
+      {R"({"weight_map":{})", "is not valid JSON"},
+  };
+  for (const Case& c : cases) {
+    try {
+      parse_index(c.json, "idx.json");
+      ADD_FAILURE() << "accepted " << c.json;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kCorruptCheckpoint);
+      EXPECT_CONTAINS(e.what(), c.expected);
+      EXPECT_CONTAINS(e.what(), "'idx.json'");
+    }
+  }
+  EXPECT_EQ(parse_index(R"({"metadata":{"total_size":12.0},"weight_map":{}})", "x").total_size, 12u);
+}
+
+}  // namespace
+}  // namespace shardcast

@@ -1,0 +1,273 @@
+// Multi-rank loads with forked ranks meeting in a file store: bit-exact digests on every rank for every placement
+// and format, dtype conversion once per node, failures that reach every rank, nothing left in /dev/shm.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "coordinator/catalog.h"
+#include "coordinator/convert.h"
+#include "coordinator/digest.h"
+#include "coordinator/synth.h"
+#include "coordinator/torch_dtype.h"
+#include "launch/communicator.h"
+#include "tests/support/multiproc.h"
+#include "tests/support/temp_dir.h"
+#include "worker/session.h"
+
+namespace shardcast {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+std::string digest_of(const StateDict& state) {
+  std::string text;
+  for (const auto& item : state) {
+    const at::Tensor& t = item.value();
+    TensorSpec spec{item.key(), *from_scalar_type(t.scalar_type()), t.sizes().vec()};
+    text += digest_line(spec, t.data_ptr(), t.nbytes()) + "\n";
+  }
+  return text;
+}
+
+std::string expected_digest(const fs::path& checkpoint) {
+  std::string text;
+  for (const std::string& line : digest_checkpoint(open_catalog(checkpoint))) text += line + "\n";
+  return text;
+}
+
+// The job id of the forked ranks of the current test: segments are named after it, so the test can look for its own
+// segments while other tests run in parallel.
+std::string test_job() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = std::string(info->test_suite_name()) + "." + info->name();
+  return "t" + std::to_string(getpid()) + "-" + std::to_string(std::hash<std::string>()(name) % 100000);
+}
+
+// This test's segments left in /dev/shm.
+std::vector<std::string> shardcast_segments() {
+  const std::string prefix = std::string(shm::kNamePrefix) + test_job() + "-";
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator("/dev/shm")) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) names.push_back(name);
+  }
+  return names;
+}
+
+// Each forked rank opens a session over the file store and runs fn.
+std::vector<testing::RankOutcome> with_sessions(const TempDir& dir, int ranks,
+                                                const std::function<void(Session&, int)>& fn,
+                                                std::chrono::seconds deadline = std::chrono::seconds(120)) {
+  const std::string job = test_job();
+  return testing::run_ranks(ranks, [&](int rank) {
+    setenv("SHARDCAST_JOB_ID", job.c_str(), 1);
+    Session session(make_file_store_communicator(dir / "store", rank, ranks), std::chrono::seconds(30));
+    fn(session, rank);
+  }, deadline);
+}
+
+void expect_all_succeeded(const std::vector<testing::RankOutcome>& outcomes) {
+  for (size_t r = 0; r < outcomes.size(); ++r) EXPECT_EQ(outcomes[r].describe(), "exit 0") << "rank " << r;
+}
+
+struct Case {
+  int ranks;
+  Placement placement;
+  CheckpointFormat format;
+  std::string dtype;
+};
+
+class ForkedLoad : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ForkedLoad, EveryRankHoldsTheCheckpointBitExact) {
+  const Case c = GetParam();
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 3'000'000, 900'000, c.format, /*torch_dtypes_only=*/true);
+  fs::path reference = dir / "ckpt";
+  if (c.dtype != "auto") {
+    ConvertOptions convert;
+    convert.dtype = dtype_from_user_name(c.dtype);
+    convert_checkpoint(dir / "ckpt", dir / "converted", convert);
+    reference = dir / "converted";
+  }
+  const std::string expected = expected_digest(reference);
+  auto outcomes = with_sessions(dir, c.ranks, [&](Session& session, int rank) {
+    LoadOptions options;
+    options.placement = c.placement;
+    options.dtype = c.dtype;
+    StateDict state = session.load(dir / "ckpt", options);
+    std::ofstream(dir / ("digest" + std::to_string(rank))) << digest_of(state);
+    if (session.topology().local_size != c.ranks) throw std::runtime_error("ranks did not form one node");
+  });
+  expect_all_succeeded(outcomes);
+  for (int r = 0; r < c.ranks; ++r) EXPECT_EQ(testing::read_file(dir / ("digest" + std::to_string(r))), expected) << "rank " << r;
+  EXPECT_TRUE(shardcast_segments().empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    RanksPlacementsFormats, ForkedLoad,
+    ::testing::Values(Case{1, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
+                      Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
+                      Case{4, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
+                      Case{3, Placement::kCopyOnWrite, CheckpointFormat::kSafetensors, "auto"},
+                      Case{3, Placement::kPrivate, CheckpointFormat::kSafetensors, "auto"},
+                      Case{2, Placement::kShared, CheckpointFormat::kTorchBin, "auto"},
+                      Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "auto"},
+                      Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "f32"},
+                      Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "bf16"}),
+    [](const auto& info) {
+      const Case& c = info.param;
+      return std::to_string(c.ranks) + "Ranks_" + std::string(placement_name(c.placement)) + "_" +
+             std::string(format_name(c.format)) + "_" + c.dtype;
+    });
+
+TEST(NodeLoad, CopyOnWriteWritesStayInTheWritingRank) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 1'000'000, 0, CheckpointFormat::kSafetensors, true);
+  auto outcomes = with_sessions(dir, 3, [&](Session& session, int rank) {
+    LoadOptions options;
+    options.placement = Placement::kCopyOnWrite;
+    StateDict state = session.load(dir / "ckpt", options);
+    at::Tensor w = state["model.norm.weight"];
+    const float original = w[0].item<float>();
+    if (rank == 1) w.fill_(42.0f);
+    // Everyone checks after rank 1 wrote: only rank 1 sees 42.
+    auto gather = make_file_store_communicator(dir / "store2", rank, 3);
+    gather->barrier("written", std::chrono::seconds(30));
+    const float seen = w[0].item<float>();
+    if (rank == 1 ? seen != 42.0f : seen != original) throw std::runtime_error("rank " + std::to_string(rank) + " sees " + std::to_string(seen));
+  });
+  expect_all_succeeded(outcomes);
+}
+
+// Each rank writes "<code> <message>" of the error it saw, or "ok".
+std::string outcome_file(const TempDir& dir, int rank) { return testing::read_file(dir / ("outcome" + std::to_string(rank))); }
+
+void record(const TempDir& dir, int rank, const std::function<void()>& fn) {
+  std::string text = "ok";
+  try {
+    fn();
+  } catch (const Error& e) {
+    text = std::to_string(static_cast<int>(e.code())) + " " + e.what();
+  }
+  std::ofstream(dir / ("outcome" + std::to_string(rank))) << text;
+}
+
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
+
+TEST(NodeLoad, ARankThatFailsMidLoadFailsEveryRankCleanly) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 2'000'000, 0, CheckpointFormat::kSafetensors, true);
+  auto outcomes = with_sessions(dir, 3, [&](Session& session, int rank) {
+    LoadOptions options;
+    options.timeout = std::chrono::seconds(20);
+    options.progress = [rank](const std::string& step, size_t, size_t) {
+      if (rank == 2 && step == "stage") throw Error(ErrorCode::kSystem, "injected failure while staging");
+    };
+    record(dir, rank, [&] { session.load(dir / "ckpt", options); });
+  });
+  expect_all_succeeded(outcomes);
+  EXPECT_EQ(outcome_file(dir, 2), std::to_string(static_cast<int>(ErrorCode::kSystem)) + " injected failure while staging");
+  for (int r : {0, 1}) {
+    EXPECT_CONTAINS(outcome_file(dir, r), std::to_string(static_cast<int>(ErrorCode::kRemoteRankFailed)) +
+                                              " local rank 2 of node 0 failed in 'stage': injected failure");
+  }
+  EXPECT_TRUE(shardcast_segments().empty());
+}
+
+TEST(NodeLoad, ARankKilledDuringStagingTimesOutTheOthersAndLeavesNoSegment) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 2'000'000, 0, CheckpointFormat::kSafetensors, true);
+  auto outcomes = with_sessions(dir, 3, [&](Session& session, int rank) {
+    LoadOptions options;
+    options.timeout = std::chrono::seconds(3);
+    options.progress = [rank](const std::string& step, size_t, size_t) {
+      if (rank == 1 && step == "stage") raise(SIGKILL);
+    };
+    record(dir, rank, [&] { session.load(dir / "ckpt", options); });
+  });
+  EXPECT_TRUE(outcomes[1].signaled && outcomes[1].signal == SIGKILL) << outcomes[1].describe();
+  for (int r : {0, 2}) {
+    EXPECT_EQ(outcomes[r].describe(), "exit 0");
+    EXPECT_CONTAINS(outcome_file(dir, r), std::to_string(static_cast<int>(ErrorCode::kTimeout)));
+    EXPECT_CONTAINS(outcome_file(dir, r), "in 'stage' waiting for rank(s) 1");
+  }
+  EXPECT_TRUE(shardcast_segments().empty()) << "the leader must remove its segments when the load fails";
+}
+
+TEST(NodeLoad, ALeaderKilledBeforeUnlinkLeavesAnOrphanThatTheNextLoadRemoves) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 2'000'000, 0, CheckpointFormat::kSafetensors, true);
+  auto outcomes = with_sessions(dir, 2, [&](Session& session, int rank) {
+    LoadOptions options;
+    options.timeout = std::chrono::seconds(3);
+    options.progress = [rank](const std::string& step, size_t, size_t) {
+      if (rank == 0 && step == "attach") raise(SIGKILL);
+    };
+    record(dir, rank, [&] { session.load(dir / "ckpt", options); });
+  });
+  EXPECT_TRUE(outcomes[0].signaled) << outcomes[0].describe();
+  EXPECT_FALSE(shardcast_segments().empty()) << "a leader killed before unlinking leaks its segments";
+  EXPECT_FALSE(shm::find_orphans(shm::Location{}).empty());
+  // The next load (any job) removes orphans of dead creators before it creates its own.
+  setenv("SHARDCAST_JOB_ID", "another-job", 1);
+  Session session(make_self_communicator());
+  unsetenv("SHARDCAST_JOB_ID");
+  EXPECT_EQ(session.load(dir / "ckpt").size(), open_catalog(dir / "ckpt").tensors.size());
+  EXPECT_TRUE(shardcast_segments().empty());
+}
+
+TEST(NodeLoad, TooLittleSharedMemoryFailsBeforeAllocatingWithTheFix) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 3'000'000, 0, CheckpointFormat::kSafetensors, true);
+  fs::create_directories(dir / "tiny");
+  if (mount("tmpfs", (dir / "tiny").c_str(), "tmpfs", 0, "size=1m") != 0) {
+    GTEST_SKIP() << "cannot mount a 1 MB tmpfs here (needs root): " << std::strerror(errno);
+  }
+  Session session(make_self_communicator());
+  LoadOptions options;
+  options.shm_dir = dir / "tiny";
+  try {
+    session.load(dir / "ckpt", options);
+    ADD_FAILURE() << "loaded 3 MB into a 1 MB tmpfs";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kSystem);
+    EXPECT_CONTAINS(e.what(), "not enough shared memory");
+    EXPECT_CONTAINS(e.what(), "has 1.05 MB");
+    EXPECT_CONTAINS(e.what(), "--shm-size");
+  }
+  EXPECT_TRUE(fs::is_empty(dir / "tiny"));
+  umount((dir / "tiny").c_str());
+}
+
+TEST(NodeLoad, FileBackedSegmentsLoadTheSameBytes) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 1'000'000, 0, CheckpointFormat::kSafetensors, true);
+  Session session(make_self_communicator());
+  LoadOptions options;
+  options.shm_dir = dir / "segments";
+  fs::create_directories(options.shm_dir);
+  EXPECT_EQ(digest_of(session.load(dir / "ckpt", options)), expected_digest(dir / "ckpt"));
+  EXPECT_TRUE(fs::is_empty(options.shm_dir));
+}
+
+TEST(NodeLoad, TensorFilterLoadsOnlyWhatWasAskedAndRejectsUnknownNames) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 1'000'000, 0, CheckpointFormat::kSafetensors, true);
+  Session session(make_self_communicator());
+  LoadOptions options;
+  options.tensors = {"model.layers.0.*", "lm_head.weight"};
+  StateDict state = session.load(dir / "ckpt", options);
+  EXPECT_EQ(state.size(), 11u);  // 10 per layer + lm_head
+  EXPECT_TRUE(state.contains("lm_head.weight"));
+  options.tensors = {"no.such.tensor"};
+  EXPECT_THROW(session.load(dir / "ckpt", options), Error);
+}
+
+}  // namespace
+}  // namespace shardcast

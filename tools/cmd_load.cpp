@@ -1,0 +1,120 @@
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "coordinator/digest.h"
+#include "coordinator/torch_dtype.h"
+#include "core/file.h"
+#include "core/size.h"
+#include "tools/commands.h"
+#include "worker/session.h"
+
+namespace shardcast::cli {
+namespace {
+
+struct LoadArgs {
+  std::string checkpoint, placement = "shared", dtype = "auto", shm_dir, digest_out, report_out;
+  std::vector<std::string> tensors;
+  int timeout_s = 600;
+  bool leader_reads_only = false;
+};
+
+std::string expand(const std::string& pattern, int rank) {
+  std::string out = pattern;
+  for (size_t at; (at = out.find("{rank}")) != std::string::npos;) out.replace(at, 6, std::to_string(rank));
+  return out;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  File file = File::create_exclusive(path);
+  file.write_all(text.data(), text.size());
+}
+
+uint64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
+}
+
+void run_load(const LoadArgs& args) {
+  const auto start = std::chrono::steady_clock::now();
+  Session session = Session::from_env();
+  const Topology& topo = session.topology();
+  LoadOptions options;
+  options.placement = parse_placement(args.placement);
+  options.dtype = args.dtype;
+  options.tensors = args.tensors;
+  options.shm_dir = args.shm_dir;
+  options.timeout = std::chrono::seconds(args.timeout_s);
+  options.parallel_read = !args.leader_reads_only;
+  const bool tty = topo.rank == 0 && isatty(STDERR_FILENO);
+  if (tty) fmt::print(stderr, "shardcast: loading {} on {} rank(s), {} node(s) ...\r", args.checkpoint, topo.world_size, topo.node_count);
+  StateDict state = session.load(args.checkpoint, options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const LoadStats& stats = session.last_stats();
+
+  if (!args.digest_out.empty()) {
+    std::string text;
+    for (const auto& item : state) {
+      const at::Tensor& t = item.value();
+      TensorSpec spec{item.key(), *from_scalar_type(t.scalar_type()), t.sizes().vec()};
+      text += digest_line(spec, t.data_ptr(), t.nbytes()) + "\n";
+    }
+    write_text(expand(args.digest_out, topo.rank), text);
+  }
+  if (!args.report_out.empty()) {
+    nlohmann::ordered_json report;
+    report["rank"] = topo.rank;
+    report["world_size"] = topo.world_size;
+    report["local_rank"] = topo.local_rank;
+    report["local_size"] = topo.local_size;
+    report["node"] = topo.node;
+    report["node_count"] = topo.node_count;
+    report["job_id"] = topo.job_id;
+    report["launcher"] = topo.launcher;
+    report["checkpoint"] = args.checkpoint;
+    report["placement"] = args.placement;
+    report["dtype"] = args.dtype;
+    report["tensors"] = state.size();
+    report["seconds"] = seconds;
+    for (const PhaseTime& p : stats.phases) report["phases"][p.name] = p.seconds;
+    report["node_bytes_staged"] = stats.node_bytes_staged;
+    report["rank_bytes_staged"] = stats.rank_bytes_staged;
+    report["rank_bytes_read"] = stats.rank_bytes_read;
+    report["peak_rss_bytes"] = peak_rss_bytes();
+    write_text(expand(args.report_out, topo.rank), report.dump(2) + "\n");
+  }
+  if (topo.rank == 0) {
+    fmt::print("loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} staged per node\n", state.size(),
+               format_size(stats.node_bytes_staged), topo.world_size, seconds, args.placement,
+               format_size(stats.node_bytes_staged));
+  }
+}
+
+}  // namespace
+
+void add_load(CLI::App& app) {
+  auto* cmd = app.add_subcommand("load", "Load a checkpoint as one rank of a job (mpirun) or alone");
+  static LoadArgs args;
+  cmd->add_option("CHECKPOINT", args.checkpoint, "checkpoint directory, index or file")->required();
+  cmd->add_option("--placement", args.placement, "shared (zero-copy, read-only), cow (copy-on-write) or private")
+      ->check(CLI::IsMember({"shared", "cow", "private"}))
+      ->capture_default_str();
+  cmd->add_option("--dtype", args.dtype, "auto keeps the checkpoint's; bf16, f16, f32, f64 convert floats once per node")
+      ->capture_default_str();
+  cmd->add_option("--tensors", args.tensors, "load only these names (a trailing * matches a prefix)");
+  cmd->add_option("--shm-dir", args.shm_dir, "put segments in files in this directory instead of /dev/shm");
+  cmd->add_option("--timeout", args.timeout_s, "seconds each wait between ranks may take")->capture_default_str();
+  cmd->add_flag("--leader-reads-only", args.leader_reads_only, "only the node leader reads from storage");
+  cmd->add_option("--digest-out", args.digest_out, "write this rank's digest lines here ({rank} = global rank)");
+  cmd->add_option("--report-out", args.report_out, "write this rank's JSON report here ({rank} = global rank)");
+  cmd->callback([] { run_load(args); });
+}
+
+}  // namespace shardcast::cli

@@ -1,0 +1,21 @@
+// What GPU support this build and this machine have, for `shardcast info` and for clear errors when GPU placement
+// is asked for without a GPU.
+#pragma once
+
+#include <string>
+
+namespace shardcast {
+
+struct GpuInfo {
+  bool built_with_cuda = false;  // SHARDCAST_HAVE_CUDA
+  int cuda_runtime_version = 0;  // e.g. 13000
+  int cuda_driver_version = 0;   // 0 when no driver is installed
+  int nccl_version = 0;          // e.g. 22805
+  int device_count = 0;
+  std::string problem;           // why no device is usable, empty when device_count > 0
+};
+
+GpuInfo query_gpu_info();
+std::string describe(const GpuInfo& info);
+
+}  // namespace shardcast

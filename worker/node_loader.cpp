@@ -1,0 +1,186 @@
+#include "worker/node_loader.h"
+
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "coordinator/catalog_wire.h"
+#include "coordinator/stage.h"
+#include "core/io_stats.h"
+
+namespace shardcast {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Runs fn; returns "" or the error text, so a failure still takes part in the next agree().
+template <typename Fn>
+std::string attempt(Fn&& fn, std::unique_ptr<Error>* own) {
+  try {
+    fn();
+    return "";
+  } catch (const Error& e) {
+    *own = std::make_unique<Error>(e);
+    return e.what();
+  } catch (const std::exception& e) {
+    *own = std::make_unique<Error>(ErrorCode::kSystem, e.what());
+    return e.what();
+  }
+}
+
+}  // namespace
+
+std::string_view placement_name(Placement placement) {
+  switch (placement) {
+    case Placement::kShared: return "shared";
+    case Placement::kCopyOnWrite: return "cow";
+    case Placement::kPrivate: return "private";
+  }
+  return "?";
+}
+
+Placement parse_placement(const std::string& name) {
+  if (name == "shared") return Placement::kShared;
+  if (name == "cow") return Placement::kCopyOnWrite;
+  if (name == "private") return Placement::kPrivate;
+  throw Error(ErrorCode::kInvalidArgument, fmt::format("placement '{}' is not one of shared, cow, private", name));
+}
+
+void NodeLoader::agree(const std::string& step, const std::string& my_error, Timeout timeout) {
+  auto outcomes = group_.node->all_gather(my_error, step, timeout);
+  if (!my_error.empty()) return;  // the caller rethrows its own error
+  for (int r = 0; r < static_cast<int>(outcomes.size()); ++r) {
+    if (outcomes[r].empty()) continue;
+    throw Error(ErrorCode::kRemoteRankFailed,
+                fmt::format("local rank {} of node {} failed in '{}': {}", r, group_.topology.node, step, outcomes[r]));
+  }
+}
+
+LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLoadOptions& options,
+                           const std::function<void(std::vector<LoadedTensor>&)>& consume) {
+  const Topology& topo = group_.topology;
+  const Timeout timeout = options.timeout;
+  const uint64_t read_before = checkpoint_bytes_read();
+  LoadStats stats;
+  auto phase = [&](const char* name, Clock::time_point start) { stats.phases.push_back({name, seconds_since(start)}); };
+  std::unique_ptr<Error> own;
+  auto check = [&](const std::string& step, const std::string& error) {
+    agree(step, error, timeout);
+    if (own) throw *own;
+  };
+
+  // 1. Rank 0 reads the index and headers once; everyone gets the catalog.
+  auto start = Clock::now();
+  std::string wire;
+  if (topo.rank == 0) {
+    std::string error = attempt([&] { wire = "O" + encode_catalog(open_catalog(checkpoint)); }, &own);
+    if (own) wire = "E" + error;
+  }
+  wire = group_.world->all_gather(topo.rank == 0 ? wire : "", "catalog", timeout)[0];
+  if (own) throw *own;
+  if (wire.empty() || wire[0] != 'O') {
+    throw Error(ErrorCode::kRemoteRankFailed, fmt::format("rank 0 could not read checkpoint '{}': {}",
+                                                          checkpoint.string(), wire.empty() ? "" : wire.substr(1)));
+  }
+  catalog_ = decode_catalog(wire.substr(1));
+  phase("catalog", start);
+
+  // 2. Every rank computes the same plan (the layout hash proves it on attach).
+  start = Clock::now();
+  LoadRequest request = options.request;
+  if (options.select) request.tensors = options.select(catalog_);
+  request.one_shard_at_a_time = options.placement == Placement::kPrivate;
+  Plan plan = make_plan(catalog_, request, topo.local_size);
+  stats.node_bytes_staged = plan.total_bytes;
+  stats.tensors = plan.tensor_count;
+  stats.segments = plan.segments.size();
+  phase("plan", start);
+
+  const int load_id = load_count_++;
+  auto segment_name = [&](size_t index) {
+    return fmt::format("{}{}-n{}-l{}-s{}", shm::kNamePrefix, topo.job_id, topo.node, load_id, index);
+  };
+  const shm::Access access =
+      options.placement == Placement::kCopyOnWrite ? shm::Access::kCopyOnWrite : shm::Access::kReadOnly;
+
+  double create_s = 0, stage_s = 0, attach_s = 0, consume_s = 0;
+  for (size_t b = 0; b < plan.batches.size(); ++b) {
+    const std::vector<size_t>& batch = plan.batches[b];
+    auto step = [&](const char* name) {
+      if (options.on_step) options.on_step(name, b, plan.batches.size());
+    };
+    // 3. The leader checks room and creates the batch's segments, fully allocated.
+    start = Clock::now();
+    std::vector<std::shared_ptr<shm::Segment>> created(plan.segments.size());
+    check("create segments", attempt([&] {
+            step("create");
+            if (!topo.is_node_leader()) return;
+            if (load_id == 0 && b == 0) shm::remove_orphans(options.location);
+            uint64_t bytes = 0;
+            for (size_t i : batch) bytes += shm::kHeaderBytes + plan.segments[i].size;
+            shm::check_free_space(options.location, bytes, fmt::format("checkpoint '{}'", checkpoint.string()));
+            for (size_t i : batch) {
+              created[i] = shm::Segment::create(segment_name(i), plan.segments[i].size, plan.layout_hash, options.location);
+            }
+          }, &own));
+    create_s += seconds_since(start);
+
+    // 4. Every local rank fills the tensors the plan gave it.
+    start = Clock::now();
+    check("stage", attempt([&] {
+            step("stage");
+            std::vector<std::shared_ptr<shm::Segment>> writable(plan.segments.size());
+            std::vector<uint8_t*> data(plan.segments.size(), nullptr);
+            for (size_t i : batch) {
+              writable[i] = created[i] ? created[i]
+                                       : shm::Segment::attach(segment_name(i), plan.layout_hash, shm::Access::kReadWrite,
+                                                              options.location);
+              data[i] = writable[i]->data();
+            }
+            StageStats s = stage_tensors(catalog_, plan, batch, topo.local_rank, data);
+            stats.rank_bytes_staged += s.bytes_written;
+          }, &own));
+    stage_s += seconds_since(start);
+
+    // 5. The leader marks the segments ready; every rank maps them for its placement; then the names go away.
+    start = Clock::now();
+    std::vector<LoadedTensor> tensors;
+    check("attach", attempt([&] {
+            step("attach");
+            for (size_t i : batch) {
+              if (created[i]) created[i]->set_state(shm::SegmentState::kReady);
+            }
+            for (size_t i : batch) {
+              auto mapping = shm::Segment::attach(segment_name(i), plan.layout_hash, access, options.location);
+              for (const PlannedTensor& p : plan.segments[i].tensors) {
+                tensors.push_back({&catalog_.tensors[p.catalog_index], p.dtype, mapping->data() + p.offset, p.nbytes, mapping});
+              }
+            }
+          }, &own));
+    // Everyone has attached: unlink now, so a crash from here on leaves nothing in /dev/shm.
+    for (size_t i : batch) {
+      if (created[i]) created[i]->release_name();
+    }
+    created.clear();
+    attach_s += seconds_since(start);
+
+    start = Clock::now();
+    check("materialize", attempt([&] {
+            step("materialize");
+            consume(tensors);
+          }, &own));
+    consume_s += seconds_since(start);
+  }
+  stats.phases.push_back({"create", create_s});
+  stats.phases.push_back({"stage", stage_s});
+  stats.phases.push_back({"attach", attach_s});
+  stats.phases.push_back({"materialize", consume_s});
+  stats.rank_bytes_read = checkpoint_bytes_read() - read_before;
+  return stats;
+}
+
+}  // namespace shardcast

@@ -1,0 +1,129 @@
+#include "worker/session.h"
+
+#include <cstdlib>
+#include <map>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "coordinator/torch_dtype.h"
+#include "worker/torch_bridge.h"
+
+namespace shardcast {
+
+struct Session::Impl {
+  Group group;
+  NodeLoader loader{group};
+  LoadStats last;
+
+  explicit Impl(Group g) : group(std::move(g)) {}
+};
+
+namespace {
+
+NodeLoadOptions node_options(const LoadOptions& o) {
+  NodeLoadOptions n;
+  n.placement = o.placement;
+  if (o.dtype != "auto") {
+    n.request.dtype = dtype_from_user_name(o.dtype);
+    if (!n.request.dtype) throw Error(ErrorCode::kInvalidArgument, fmt::format("unknown dtype '{}'", o.dtype));
+  }
+  n.request.tensors = o.tensors;
+  n.request.parallel_read = o.parallel_read;
+  n.location.dir = o.shm_dir;
+  if (n.location.dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) n.location.dir = std::getenv("SHARDCAST_SHM_DIR");
+  n.timeout = o.timeout;
+  n.on_step = o.progress;
+  return n;
+}
+
+std::string shape_text(at::IntArrayRef shape) { return shape_string(shape.vec()); }
+
+}  // namespace
+
+Session Session::from_env() {
+  return Session(launched_by_mpi() ? make_mpi_world_communicator() : make_self_communicator());
+}
+
+Session::Session(std::unique_ptr<Communicator> world, Timeout timeout)
+    : impl_(std::make_unique<Impl>(make_group(std::move(world), timeout))) {}
+Session::~Session() = default;
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+
+const Topology& Session::topology() const { return impl_->group.topology; }
+const LoadStats& Session::last_stats() const { return impl_->last; }
+
+StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptions& options) {
+  const NodeLoadOptions n = node_options(options);
+  std::vector<std::pair<std::string, at::Tensor>> loaded;
+  impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
+    for (const LoadedTensor& t : batch) {
+      loaded.emplace_back(t.info->name, options.placement == Placement::kPrivate ? copy_of(t) : view_of(t));
+    }
+  });
+  std::sort(loaded.begin(), loaded.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  StateDict dict;
+  for (auto& [name, tensor] : loaded) dict.insert(name, std::move(tensor));
+  return dict;
+}
+
+LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::path& checkpoint,
+                              const LoadOptions& options, bool strict) {
+  // The module's tensors by name; tied parameters (one TensorImpl under several names) are filled once.
+  std::map<std::string, at::Tensor> targets;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace(item.key(), item.value());
+
+  LoadReport report;
+  NodeLoadOptions n = node_options(options);
+  n.select = [&](const Catalog& catalog) {
+    std::vector<std::string> wanted;
+    std::set<std::string> in_checkpoint;
+    for (const TensorInfo& t : catalog.tensors) {
+      in_checkpoint.insert(t.name);
+      auto it = targets.find(t.name);
+      if (it == targets.end()) {
+        report.unexpected_keys.push_back(t.name);
+      } else if (it->second.sizes().vec() != t.shape) {
+        report.mismatched_keys.push_back(fmt::format("{}: checkpoint {} vs module {}", t.name, shape_string(t.shape),
+                                                     shape_text(it->second.sizes())));
+      } else if (tensor_selected(t.name, options.tensors)) {
+        wanted.push_back(t.name);
+      }
+    }
+    for (const auto& [name, tensor] : targets) {
+      if (!in_checkpoint.count(name)) report.missing_keys.push_back(name);
+    }
+    if (strict && (!report.missing_keys.empty() || !report.unexpected_keys.empty() || !report.mismatched_keys.empty())) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("checkpoint '{}' does not match the module: missing keys [{}], unexpected keys [{}], "
+                              "mismatched shapes [{}] (pass strict=false to load what matches)",
+                              checkpoint.string(), fmt::join(report.missing_keys, ", "),
+                              fmt::join(report.unexpected_keys, ", "), fmt::join(report.mismatched_keys, "; ")));
+    }
+    return wanted;
+  };
+
+  std::set<const void*> filled;
+  impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
+    torch::NoGradGuard no_grad;
+    for (const LoadedTensor& t : batch) {
+      at::Tensor& target = targets.at(t.info->name);
+      if (!filled.insert(target.unsafeGetTensorImpl()).second) continue;  // a tied parameter, already loaded
+      const bool same_dtype = to_scalar_type(t.dtype) == target.scalar_type();
+      if (options.placement == Placement::kPrivate && same_dtype && target.is_contiguous()) {
+        std::memcpy(target.data_ptr(), t.data, t.nbytes);  // in place: no second copy
+      } else {
+        target.set_data(options.placement == Placement::kPrivate ? copy_of(t) : view_of(t));
+      }
+      ++report.loaded;
+    }
+  });
+  report.stats = impl_->last;
+  return report;
+}
+
+}  // namespace shardcast

@@ -1,0 +1,67 @@
+// The public C++ API: a Session per process, load() into a state dict, load_into() an existing torch::nn::Module.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/ordered_dict.h>
+
+#include "launch/topology.h"
+#include "worker/node_loader.h"
+
+namespace shardcast {
+
+struct LoadOptions {
+  Placement placement = Placement::kShared;  // shared (read-only views), cow, or private copies
+  std::string dtype = "auto";                // "auto" keeps the checkpoint's; or bf16, f16, f32, f64 for floats
+  std::vector<std::string> tensors;          // empty = all; "prefix*" or exact names
+  std::filesystem::path shm_dir;             // empty: /dev/shm (or $SHARDCAST_SHM_DIR); else file-backed segments here
+  std::chrono::seconds timeout{600};         // for each wait between ranks, staging included
+  bool parallel_read = true;                 // every local rank reads part of the shards (false: the leader alone)
+  // Called as each step of each batch starts: "create", "stage", "attach", "materialize" (progress displays).
+  std::function<void(const std::string& step, size_t batch, size_t batches)> progress;
+};
+
+using StateDict = torch::OrderedDict<std::string, torch::Tensor>;
+
+struct LoadReport {
+  std::vector<std::string> missing_keys;     // in the module, not in the checkpoint
+  std::vector<std::string> unexpected_keys;  // in the checkpoint, not in the module
+  std::vector<std::string> mismatched_keys;  // "name: checkpoint [a,b] vs module [c,d]"
+  size_t loaded = 0;                         // module tensors that received checkpoint data
+  LoadStats stats;
+};
+
+class Session {
+ public:
+  // mpirun / srun with PMIx: MPI; otherwise a single process.
+  static Session from_env();
+  // Any communicator (forked test ranks use a file store). `timeout` bounds the set-up collectives.
+  explicit Session(std::unique_ptr<Communicator> world, Timeout timeout = std::chrono::minutes(2));
+  ~Session();
+  Session(Session&&) noexcept;
+  Session& operator=(Session&&) noexcept;
+
+  const Topology& topology() const;
+
+  // Every tensor (or those options.tensors selects), as the placement says.
+  StateDict load(const std::filesystem::path& checkpoint, const LoadOptions& options = {});
+
+  // Fills the module's parameters and buffers by name without a second copy: with shared/cow they become views of the
+  // node's segments; with private they are filled in place. strict: missing, unexpected or mismatched keys throw
+  // kInvalidArgument (after listing them); otherwise they are only reported. Tied parameters are loaded once.
+  LoadReport load_into(torch::nn::Module& module, const std::filesystem::path& checkpoint,
+                       const LoadOptions& options = {}, bool strict = true);
+
+  const LoadStats& last_stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardcast

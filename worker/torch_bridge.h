@@ -1,0 +1,17 @@
+// The only place bytes become torch::Tensor: views that keep their segment mapped, or private copies.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include "worker/node_loader.h"
+
+namespace shardcast {
+
+// A tensor over the segment bytes; it keeps the mapping alive. Throws kInvalidArgument for a dtype this LibTorch
+// cannot represent.
+at::Tensor view_of(const LoadedTensor& tensor);
+
+// A tensor of the rank's own memory holding a copy.
+at::Tensor copy_of(const LoadedTensor& tensor);
+
+}  // namespace shardcast
