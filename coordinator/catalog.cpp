@@ -73,7 +73,7 @@ void read_shard(Catalog& catalog, uint32_t shard_index, std::vector<TensorInfo>*
     }
   } else {
     shard.file_size = File::open_read(shard.path).size();
-    for (auto& t : read_torch_bin(shard.path)) {
+    for (auto& t : read_torch_bin_metadata(shard.path)) {
       TensorInfo info;
       info.name = std::move(t.name);
       info.dtype = t.dtype;

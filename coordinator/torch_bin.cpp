@@ -58,13 +58,16 @@ void check_zip_magic(const std::filesystem::path& path) {
 
 }  // namespace
 
-std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) {
+namespace {
+
+std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data) {
   check_zip_magic(path);
   c10::IValue root;
   try {
     // What torch::jit::readArchiveAndTensors does, with the pickle made readable by this unpickler first.
     caffe2::serialize::PyTorchStreamReader reader(path.string());
-    count_checkpoint_read(std::filesystem::file_size(path));  // the archive is read whole
+    // Without data only the zip directory and the pickle are read; storages become empty placeholders.
+    count_checkpoint_read(with_data ? std::filesystem::file_size(path) : 0);
     auto [pickle_data, pickle_size] = reader.getRecord("data.pkl");
     const std::string pickle =
         make_pickle_loadable_by_libtorch(std::string_view(static_cast<const char*>(pickle_data.get()), pickle_size));
@@ -75,7 +78,10 @@ std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) {
       position += n;
       return n;
     };
-    auto read_record = [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); };
+    auto read_record = [&](const std::string& name) {
+      if (!with_data) return at::DataPtr(nullptr, at::Device(at::kCPU));
+      return std::get<0>(reader.getRecord("data/" + name));
+    };
     // No type resolver and no object loader: any global beyond tensors, storages and containers is refused. The
     // storage context makes tensors that name one storage share it (tied weights saved as separate views).
     torch::jit::Unpickler unpickler(read, nullptr, nullptr, read_record, at::Device(at::kCPU),
@@ -83,6 +89,7 @@ std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) {
                                     std::make_shared<torch::jit::DeserializationStorageContext>());
     unpickler.set_version(reader.version());
     root = unpickler.parse_ivalue();
+    if (!with_data) count_checkpoint_read(pickle_size);
   } catch (const c10::Error& e) {
     corrupt(path, fmt::format("cannot decode the torch.save archive: {}", e.what_without_backtrace()));
   } catch (const std::exception& e) {
@@ -123,13 +130,21 @@ std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) {
       t.tied_to = original.name;
       t.bytes = original.bytes;
     } else {
-      auto contiguous = std::make_shared<at::Tensor>(tensor.contiguous());
-      t.bytes = Bytes{static_cast<const uint8_t*>(contiguous->data_ptr()), contiguous->nbytes(), contiguous};
+      if (with_data) {
+        auto contiguous = std::make_shared<at::Tensor>(tensor.contiguous());
+        t.bytes = Bytes{static_cast<const uint8_t*>(contiguous->data_ptr()), contiguous->nbytes(), contiguous};
+      }
     }
     out.push_back(std::move(t));
   }
   return out;
 }
+
+}  // namespace
+
+std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) { return decode(path, true); }
+
+std::vector<BinTensor> read_torch_bin_metadata(const std::filesystem::path& path) { return decode(path, false); }
 
 void write_torch_bin(const std::filesystem::path& path, const std::vector<TensorData>& tensors) {
   c10::Dict<std::string, at::Tensor> dict;

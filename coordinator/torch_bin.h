@@ -20,6 +20,10 @@ struct BinTensor : TensorData {
 // contiguous bytes. Throws kCorruptCheckpoint naming the file (legacy non-zip files get their own message).
 std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path);
 
+// The same names, dtypes, shapes and ties without reading any storage: only the zip directory and the pickle. Bytes
+// are empty. What the catalog uses, so a .bin checkpoint is read from storage once, when it is staged.
+std::vector<BinTensor> read_torch_bin_metadata(const std::filesystem::path& path);
+
 // Writes tensors as a torch.save-compatible zip archive (loadable with torch.load). Refuses dtypes this LibTorch
 // cannot represent.
 void write_torch_bin(const std::filesystem::path& path, const std::vector<TensorData>& tensors);

@@ -1,0 +1,267 @@
+// shardcast-bench: node memory and load time of shardcast against the loaders jobs use today, side by side in one
+// invocation. Every configuration runs under mpirun; memory is sampled from /proc/meminfo while it runs.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "coordinator/synth.h"
+#include "core/error.h"
+#include "core/size.h"
+#include "tools/bench/baseline_loaders.h"
+#include "tools/bench/node_memory.h"
+#include "tools/bench/svg_chart.h"
+
+namespace fs = std::filesystem;
+using namespace shardcast;
+using namespace shardcast::bench;
+
+namespace {
+
+std::string self_dir() { return fs::canonical("/proc/self/exe").parent_path().string(); }
+
+std::vector<std::string> mpirun(int ranks) {
+  std::vector<std::string> argv{"mpirun", "-np", std::to_string(ranks), "--oversubscribe", "--bind-to", "none"};
+  if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+  return argv;
+}
+
+struct Method {
+  std::string name;   // as in the table
+  std::string key;    // naive, mmap, shared, private
+};
+
+std::vector<std::string> rank_command(const Method& m, const fs::path& checkpoint, const fs::path& report) {
+  if (m.key == "naive" || m.key == "mmap") {
+    return {self_dir() + "/shardcast-bench", "rank", "--method", m.key, checkpoint.string(), "--report-out", report.string()};
+  }
+  return {self_dir() + "/shardcast", "load", checkpoint.string(), "--placement", m.key, "--report-out", report.string()};
+}
+
+double slowest_rank_seconds(const fs::path& dir, int ranks) {
+  double slowest = 0;
+  for (int r = 0; r < ranks; ++r) {
+    std::ifstream in(dir / fmt::format("report{}.json", r));
+    auto j = nlohmann::json::parse(in);
+    slowest = std::max(slowest, j.at("seconds").get<double>());
+  }
+  return slowest;
+}
+
+struct Run {
+  std::string method;
+  int ranks = 0;
+  double wall_s = 0, load_s = 0;
+  uint64_t peak = 0, runtime = 0, page_cache = 0, runtime_page_cache = 0;
+};
+
+Run run_one(const Method& m, int ranks, const fs::path& checkpoint, const fs::path& tiny, const fs::path& work, bool cold) {
+  Run run{m.name, ranks};
+  for (int pass = 0; pass < 2; ++pass) {  // pass 0: the per-process runtime alone (tiny checkpoint); pass 1: the real one
+    const fs::path dir = work / fmt::format("{}-{}-{}", m.key, ranks, pass);
+    fs::create_directories(dir);
+    std::vector<std::string> argv = mpirun(ranks);
+    auto cmd = rank_command(m, pass == 0 ? tiny : checkpoint, dir / "report{rank}.json");
+    argv.insert(argv.end(), cmd.begin(), cmd.end());
+    if (cold) drop_page_cache();
+    Measurement meas = measure_command(argv);
+    if (meas.exit_code != 0) throw Error(ErrorCode::kSystem, fmt::format("{} with {} ranks failed (exit {})", m.name, ranks, meas.exit_code));
+    if (pass == 0) {
+      run.runtime = meas.peak_unreclaimable;
+      run.runtime_page_cache = meas.peak_page_cache;  // the binaries and libraries themselves
+    } else {
+      run.wall_s = meas.seconds;
+      run.peak = meas.peak_unreclaimable;
+      run.page_cache = meas.peak_page_cache;
+      run.load_s = slowest_rank_seconds(dir, ranks);
+    }
+  }
+  return run;
+}
+
+int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, const std::vector<int>& rank_counts,
+               const std::vector<std::string>& method_keys, const std::string& out_prefix, bool cold) {
+  const fs::path work = fs::temp_directory_path() / fmt::format("shardcast-bench-{}", getpid());
+  fs::create_directories(work);
+  fs::path checkpoint = checkpoint_arg;
+  if (checkpoint.empty()) {
+    checkpoint = work / "checkpoint";
+    synthesize_checkpoint(checkpoint, parse_size(size_text), 0, CheckpointFormat::kSafetensors, true);
+  }
+  const fs::path tiny = work / "tiny";
+  synthesize_checkpoint(tiny, 2'000'000, 0, CheckpointFormat::kSafetensors, true);
+  const uint64_t bytes = [&] {
+    uint64_t total = 0;
+    for (const auto& e : fs::directory_iterator(checkpoint)) {
+      if (e.path().extension() == ".safetensors") total += e.file_size();
+    }
+    return total;
+  }();
+
+  const std::map<std::string, std::string> names = {
+      {"naive", "naive (private read + copy)"}, {"mmap", "per-rank mmap + copy"},
+      {"shared", "shardcast shared"}, {"private", "shardcast private"}};
+  std::vector<Run> runs;
+  for (const std::string& key : method_keys) {
+    for (int n : rank_counts) {
+      fmt::print(stderr, "shardcast-bench: {} with {} rank(s) ...\n", names.at(key), n);
+      runs.push_back(run_one({names.at(key), key}, n, checkpoint, tiny, work, cold));
+    }
+  }
+
+  nlohmann::ordered_json out;
+  out["checkpoint_bytes"] = bytes;
+  out["cold_page_cache"] = cold;
+  out["cores"] = std::thread::hardware_concurrency();
+  std::string md = fmt::format(
+      "| method | ranks | load time (s) | time / time at 1 rank | node memory (x S) | page cache (x S) |\n"
+      "|---|---:|---:|---:|---:|---:|\n");
+  std::map<std::string, double> one_rank_time;
+  std::vector<Series> series;
+  for (const Run& r : runs) {
+    if (r.ranks == rank_counts.front()) one_rank_time[r.method] = r.load_s;
+    const double net = static_cast<double>(r.peak > r.runtime ? r.peak - r.runtime : 0) / bytes;
+    const double cache = static_cast<double>(r.page_cache > r.runtime_page_cache ? r.page_cache - r.runtime_page_cache : 0) / bytes;
+    out["runs"].push_back({{"method", r.method}, {"ranks", r.ranks}, {"load_seconds", r.load_s}, {"wall_seconds", r.wall_s},
+                           {"peak_unreclaimable_bytes", r.peak}, {"runtime_unreclaimable_bytes", r.runtime},
+                           {"node_memory_multiple", net}, {"page_cache_multiple", cache}});
+    md += fmt::format("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |\n", r.method, r.ranks, r.load_s,
+                      r.load_s / one_rank_time[r.method], net, cache);
+    if (series.empty() || series.back().name != r.method) series.push_back({r.method, {}});
+    series.back().y.push_back(net);
+  }
+  std::vector<double> x(rank_counts.begin(), rank_counts.end());
+  std::ofstream(out_prefix + ".json") << out.dump(2) << "\n";
+  std::ofstream(out_prefix + ".md") << md;
+  std::ofstream(out_prefix + ".svg") << line_chart_svg(
+      fmt::format("Node memory while loading a {} checkpoint", format_size(bytes)), "ranks per node",
+      "node memory / checkpoint size", x, series);
+  fmt::print("{}", md);
+  fmt::print("wrote {0}.json, {0}.md, {0}.svg\n", out_prefix);
+  fs::remove_all(work);
+  return 0;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The README's demo: N ranks under mpirun load the checkpoint, each rank's digests are checked against
+// `shardcast digest`, and the node's memory is compared with what N naive ranks would hold.
+int run_demo(const fs::path& checkpoint, int ranks) {
+  const fs::path work = fs::temp_directory_path() / fmt::format("shardcast-demo-{}", getpid());
+  fs::create_directories(work);
+  const std::string shardcast = self_dir() + "/shardcast";
+  const fs::path tiny = work / "tiny";
+  synthesize_checkpoint(tiny, 2'000'000, 0, CheckpointFormat::kSafetensors, true);
+
+  auto load = [&](const fs::path& ckpt, const std::string& tag) {
+    std::vector<std::string> argv = mpirun(ranks);
+    for (const std::string& a : {shardcast, std::string("load"), ckpt.string(), std::string("--digest-out"),
+                                 (work / (tag + "-digest{rank}.txt")).string(), std::string("--report-out"),
+                                 (work / (tag + "-report{rank}.json")).string()}) {
+      argv.push_back(a);
+    }
+    Measurement m = measure_command(argv);
+    if (m.exit_code != 0) throw Error(ErrorCode::kSystem, fmt::format("mpirun exited with {}", m.exit_code));
+    return m;
+  };
+  fmt::print("== {} ranks load {} under mpirun\n", ranks, checkpoint.string());
+  const Measurement runtime = load(tiny, "tiny");
+  const Measurement real = load(checkpoint, "demo");
+
+  // Reference digests, computed by one process straight from the files.
+  fs::path reference = work / "reference.txt";
+  Measurement digest = measure_command({shardcast, "digest", checkpoint.string(), "--out", reference.string()});
+  if (digest.exit_code != 0) throw Error(ErrorCode::kSystem, "shardcast digest failed");
+  const std::string expected = read_text(reference);
+  int agree = 0;
+  for (int r = 0; r < ranks; ++r) {
+    const bool same = read_text(work / fmt::format("demo-digest{}.txt", r)) == expected;
+    agree += same;
+    auto report = nlohmann::json::parse(read_text(work / fmt::format("demo-report{}.json", r)));
+    fmt::print("rank {}: {} tensors in {:.2f} s, {} read from storage by this rank, digests {}\n", r,
+               report["tensors"].get<int>(), report["seconds"].get<double>(),
+               format_size(report["rank_bytes_read"].get<uint64_t>()), same ? "match shardcast digest" : "DIFFER");
+  }
+  uint64_t bytes = 0;
+  for (const auto& e : fs::directory_iterator(checkpoint)) {
+    if (e.path().extension() == ".safetensors") bytes += e.file_size();
+  }
+  const double held = static_cast<double>(real.peak_unreclaimable > runtime.peak_unreclaimable
+                                              ? real.peak_unreclaimable - runtime.peak_unreclaimable : 0) / bytes;
+  fmt::print("== {}/{} ranks hold bit-exact state dicts\n", agree, ranks);
+  fmt::print("== node held {:.2f}x the model ({} of {} checkpoint, net of the ranks' runtime); {} ranks loading "
+             "naively would hold {}x\n", held, format_size(static_cast<uint64_t>(held * bytes)), format_size(bytes),
+             ranks, 2 * ranks);
+  fs::remove_all(work);
+  return agree == ranks ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"shardcast-bench: node memory and load time, shardcast against per-rank loaders"};
+  app.require_subcommand(1);
+
+  auto* run = app.add_subcommand("run", "Run the matrix of methods x ranks per node under mpirun");
+  std::string checkpoint, size = "1GB", out = "bench";
+  std::vector<int> ranks{1, 2, 4, 8};
+  std::vector<std::string> methods{"naive", "mmap", "shared", "private"};
+  bool warm = false;
+  run->add_option("--checkpoint", checkpoint, "safetensors checkpoint (default: synthesize one of --size)");
+  run->add_option("--size", size, "size of the synthesized checkpoint")->capture_default_str();
+  run->add_option("--ranks", ranks, "ranks per node to try")->delimiter(',')->capture_default_str();
+  run->add_option("--methods", methods, "naive, mmap, shared, private")->delimiter(',')->capture_default_str();
+  run->add_option("--out", out, "prefix of the .json, .md and .svg written")->capture_default_str();
+  run->add_flag("--warm", warm, "keep the page cache between runs (default: drop it, as root, so each run reads storage)");
+
+  auto* rank = app.add_subcommand("rank", "One rank of a baseline loader (run by `run` under mpirun)");
+  std::string method, rank_checkpoint, report;
+  rank->add_option("--method", method)->required()->check(CLI::IsMember({"naive", "mmap"}));
+  rank->add_option("CHECKPOINT", rank_checkpoint)->required();
+  rank->add_option("--report-out", report)->required();
+
+  auto* measure = app.add_subcommand("measure", "Run a command and print its peak node memory as JSON");
+  std::vector<std::string> command;
+  measure->add_option("COMMAND", command)->required();
+
+  auto* demo = app.add_subcommand("demo", "N ranks load a checkpoint under mpirun; check digests; report node memory");
+  std::string demo_checkpoint;
+  int demo_ranks = 4;
+  demo->add_option("CHECKPOINT", demo_checkpoint)->required();
+  demo->add_option("--ranks", demo_ranks)->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+    if (*run) return run_matrix(checkpoint, size, ranks, methods, out, !warm);
+    if (*demo) return run_demo(demo_checkpoint, demo_ranks);
+    if (*rank) {
+      double seconds = method == "naive" ? load_naive(rank_checkpoint) : load_mmap(rank_checkpoint);
+      const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
+      std::string path = report;
+      auto at = path.find("{rank}");
+      if (at != std::string::npos) path.replace(at, 6, r ? r : "0");
+      std::ofstream(path) << nlohmann::json{{"seconds", seconds}}.dump() << "\n";
+      return 0;
+    }
+    Measurement m = measure_command(command);
+    fmt::print("{}\n", nlohmann::json{{"seconds", m.seconds}, {"exit_code", m.exit_code},
+                                      {"peak_unreclaimable_bytes", m.peak_unreclaimable},
+                                      {"peak_page_cache_bytes", m.peak_page_cache}}.dump());
+    return m.exit_code;
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "shardcast-bench: error: {}\n", e.what());
+    return 1;
+  }
+}
