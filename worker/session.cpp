@@ -8,7 +8,9 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "coordinator/sharded_writer.h"
 #include "coordinator/torch_dtype.h"
+#include "core/size.h"
 #include "worker/torch_bridge.h"
 
 namespace shardcast {
@@ -42,6 +44,29 @@ NodeLoadOptions node_options(const LoadOptions& o) {
 std::string shape_text(at::IntArrayRef shape) { return shape_string(shape.vec()); }
 
 }  // namespace
+
+std::vector<std::filesystem::path> save_sharded(const StateDict& state, const std::filesystem::path& dir,
+                                                const std::string& max_shard_size) {
+  std::vector<TensorData> tensors;
+  for (const auto& item : state) {
+    at::Tensor t = item.value().detach().to(at::kCPU).contiguous();
+    auto dtype = from_scalar_type(t.scalar_type());
+    if (!dtype) {
+      throw Error(ErrorCode::kInvalidArgument, fmt::format("tensor '{}' has dtype {}, which safetensors cannot hold",
+                                                           item.key(), c10::toString(t.scalar_type())));
+    }
+    auto keep = std::make_shared<at::Tensor>(t);
+    TensorData data;
+    data.name = item.key();
+    data.dtype = *dtype;
+    data.shape = t.sizes().vec();
+    data.bytes = Bytes{static_cast<const uint8_t*>(t.data_ptr()), t.nbytes(), keep};
+    tensors.push_back(std::move(data));
+  }
+  WriterOptions options;
+  options.max_shard_size = parse_size(max_shard_size);
+  return shardcast::save_sharded(tensors, dir, options);
+}
 
 Session Session::from_env() {
   return Session(launched_by_mpi() ? make_mpi_world_communicator() : make_self_communicator());

@@ -36,6 +36,12 @@ struct LoadReport {
   LoadStats stats;
 };
 
+// Writes a state dict as a Hugging Face style sharded safetensors checkpoint into a new or empty directory:
+// model-00001-of-0000N.safetensors + model.safetensors.index.json, or one model.safetensors when it fits.
+// max_shard_size as transformers reads it ("5GB" = 5x10^9, "2GiB" = 2x2^30). Returns the files written.
+std::vector<std::filesystem::path> save_sharded(const StateDict& state, const std::filesystem::path& dir,
+                                                const std::string& max_shard_size = "5GB");
+
 class Session {
  public:
   // mpirun / srun with PMIx: MPI; otherwise a single process.
