@@ -53,9 +53,15 @@ void run_load(const LoadArgs& args) {
   options.shm_dir = args.shm_dir;
   options.timeout = std::chrono::seconds(args.timeout_s);
   options.parallel_read = !args.leader_reads_only;
-  const bool tty = topo.rank == 0 && isatty(STDERR_FILENO);
-  if (tty) fmt::print(stderr, "shardcast: loading {} on {} rank(s), {} node(s) ...\r", args.checkpoint, topo.world_size, topo.node_count);
+  // Progress on a terminal only (rank 0); quiet under a launcher or in logs.
+  if (topo.rank == 0 && isatty(STDERR_FILENO)) {
+    options.progress = [&](const std::string& step, size_t batch, size_t batches) {
+      const int width = 30, done = static_cast<int>(width * (batch + (step == "materialize" ? 1 : 0)) / batches);
+      fmt::print(stderr, "\r[{:#<{}}{:.<{}}] batch {}/{} {:<12}", "", done, "", width - done, batch + 1, batches, step);
+    };
+  }
   StateDict state = session.load(args.checkpoint, options);
+  if (options.progress) fmt::print(stderr, "\r{:<70}\r", "");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const LoadStats& stats = session.last_stats();
 

@@ -119,8 +119,11 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
         wanted.push_back(t.name);
       }
     }
+    // A tied parameter is missing only if none of its names is in the checkpoint (safetensors checkpoints keep one).
+    std::map<const void*, bool> tie_found;
+    for (const auto& [name, tensor] : targets) tie_found[tensor.unsafeGetTensorImpl()] |= in_checkpoint.count(name) > 0;
     for (const auto& [name, tensor] : targets) {
-      if (!in_checkpoint.count(name)) report.missing_keys.push_back(name);
+      if (!tie_found[tensor.unsafeGetTensorImpl()]) report.missing_keys.push_back(name);
     }
     if (strict && (!report.missing_keys.empty() || !report.unexpected_keys.empty() || !report.mismatched_keys.empty())) {
       throw Error(ErrorCode::kInvalidArgument,

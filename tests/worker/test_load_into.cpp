@@ -58,6 +58,16 @@ TEST(LoadInto, ReportsMissingAndUnexpectedKeysAndLoadsTiedParametersOnce) {
   EXPECT_TRUE(module.embed.requires_grad());
 }
 
+TEST(LoadInto, ATiedParameterStoredUnderOneNameIsNotMissing) {
+  TempDir dir;
+  save_sharded({f32("embed", {4, 3}, 5), f32("norm", {3}, 0), f32("extra", {2}, 0)}, dir / "ckpt");  // no "head"
+  Session session(make_self_communicator());
+  Tiny module;
+  LoadReport report = session.load_into(module, dir / "ckpt");  // strict: would throw on a missing key
+  EXPECT_TRUE(report.missing_keys.empty());
+  EXPECT_EQ(module.head[0][0].item<float>(), 5.0f);
+}
+
 TEST(LoadInto, StrictModeThrowsListingEveryKey) {
   TempDir dir;
   write_checkpoint(dir / "ckpt");

@@ -17,14 +17,15 @@ MemInfo read_meminfo() {
   std::string key;
   uint64_t value = 0;
   std::string unit;
-  uint64_t anon = 0, cached = 0, shmem = 0;
+  uint64_t anon = 0, cached = 0, shmem = 0, total = 0;
   while (in >> key >> value) {
     std::getline(in, unit);
     if (key == "AnonPages:") anon = value;
     if (key == "Cached:") cached = value;
     if (key == "Shmem:") shmem = value;
+    if (key == "MemTotal:") total = value;
   }
-  return {(anon + shmem) * 1024, (cached - std::min(cached, shmem)) * 1024, shmem * 1024};
+  return {(anon + shmem) * 1024, (cached - std::min(cached, shmem)) * 1024, shmem * 1024, total * 1024};
 }
 
 Measurement measure_command(const std::vector<std::string>& argv, int interval_ms) {

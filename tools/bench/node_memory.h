@@ -13,6 +13,7 @@ struct MemInfo {
   uint64_t unreclaimable = 0;  // AnonPages + Shmem
   uint64_t page_cache = 0;     // Cached - Shmem (file pages)
   uint64_t shmem = 0;
+  uint64_t total = 0;  // MemTotal
 };
 
 MemInfo read_meminfo();

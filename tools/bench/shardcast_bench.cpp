@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <thread>
 
@@ -42,7 +44,18 @@ std::vector<std::string> rank_command(const Method& m, const fs::path& checkpoin
   if (m.key == "naive" || m.key == "mmap") {
     return {self_dir() + "/shardcast-bench", "rank", "--method", m.key, checkpoint.string(), "--report-out", report.string()};
   }
+  if (m.key == "shared-leader") {
+    return {self_dir() + "/shardcast", "load", checkpoint.string(), "--leader-reads-only", "--report-out", report.string()};
+  }
   return {self_dir() + "/shardcast", "load", checkpoint.string(), "--placement", m.key, "--report-out", report.string()};
+}
+
+// What a method needs at its peak, so configurations that cannot fit this machine are skipped, not swapped or killed.
+double expected_multiple(const std::string& key, int ranks) {
+  if (key == "naive") return 2.0 * ranks;
+  if (key == "mmap") return ranks + 1.0;
+  if (key == "private") return ranks + 0.5;
+  return 1.0;
 }
 
 double slowest_rank_seconds(const fs::path& dir, int ranks) {
@@ -58,6 +71,7 @@ double slowest_rank_seconds(const fs::path& dir, int ranks) {
 struct Run {
   std::string method;
   int ranks = 0;
+  std::string skipped;  // why it did not run
   double wall_s = 0, load_s = 0;
   uint64_t peak = 0, runtime = 0, page_cache = 0, runtime_page_cache = 0;
 };
@@ -86,6 +100,40 @@ Run run_one(const Method& m, int ranks, const fs::path& checkpoint, const fs::pa
   return run;
 }
 
+// The markdown table and the SVG chart, both from the JSON results (so `plot` can redraw them without re-running).
+void write_table_and_chart(const nlohmann::ordered_json& results, const std::string& out_prefix) {
+  const uint64_t bytes = results.at("checkpoint_bytes").get<uint64_t>();
+  std::string md =
+      "| method | ranks | load time (s) | time / time at 1 rank | node memory (x S) | page cache (x S) |\n"
+      "|---|---:|---:|---:|---:|---:|\n";
+  std::map<std::string, double> first_time;
+  std::vector<double> x;
+  std::vector<Series> series;
+  for (const auto& r : results.at("runs")) {
+    const std::string method = r.at("method").get<std::string>();
+    const int ranks = r.at("ranks").get<int>();
+    if (std::find(x.begin(), x.end(), ranks) == x.end()) x.push_back(ranks);
+    if (series.empty() || series.back().name != method) series.push_back({method, {}});
+    if (r.contains("skipped")) {
+      md += fmt::format("| {} | {} | skipped: {} | | | |\n", method, ranks, r.at("skipped").get<std::string>());
+      series.back().y.push_back(std::nan(""));
+      continue;
+    }
+    const double seconds = r.at("load_seconds").get<double>();
+    if (!first_time.count(method)) first_time[method] = seconds;
+    md += fmt::format("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |\n", method, ranks, seconds,
+                      seconds / first_time[method], r.at("node_memory_multiple").get<double>(),
+                      r.at("page_cache_multiple").get<double>());
+    series.back().y.push_back(r.at("node_memory_multiple").get<double>());
+  }
+  std::ofstream(out_prefix + ".md") << md;
+  std::ofstream(out_prefix + ".svg") << line_chart_svg(
+      fmt::format("Node memory while loading a {} checkpoint", format_size(bytes)), "ranks per node",
+      "node memory / checkpoint size", x, series);
+  fmt::print("{}", md);
+  fmt::print("wrote {0}.md, {0}.svg\n", out_prefix);
+}
+
 int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, const std::vector<int>& rank_counts,
                const std::vector<std::string>& method_keys, const std::string& out_prefix, bool cold) {
   const fs::path work = fs::temp_directory_path() / fmt::format("shardcast-bench-{}", getpid());
@@ -107,10 +155,21 @@ int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, 
 
   const std::map<std::string, std::string> names = {
       {"naive", "naive (private read + copy)"}, {"mmap", "per-rank mmap + copy"},
-      {"shared", "shardcast shared"}, {"private", "shardcast private"}};
+      {"shared", "shardcast shared"}, {"private", "shardcast private"},
+      {"shared-leader", "shardcast shared, leader reads alone"}};
+  const uint64_t node_memory = read_meminfo().total;
   std::vector<Run> runs;
   for (const std::string& key : method_keys) {
+    if (!names.count(key)) throw Error(ErrorCode::kInvalidArgument, fmt::format("unknown method '{}'", key));
     for (int n : rank_counts) {
+      const double needed = expected_multiple(key, n) * bytes;
+      if (needed > 0.8 * node_memory) {
+        Run skipped{names.at(key), n};
+        skipped.skipped = fmt::format("needs about {} of {} RAM", format_size(static_cast<uint64_t>(needed)), format_size(node_memory));
+        fmt::print(stderr, "shardcast-bench: skipping {} with {} rank(s): {}\n", names.at(key), n, skipped.skipped);
+        runs.push_back(skipped);
+        continue;
+      }
       fmt::print(stderr, "shardcast-bench: {} with {} rank(s) ...\n", names.at(key), n);
       runs.push_back(run_one({names.at(key), key}, n, checkpoint, tiny, work, cold));
     }
@@ -120,31 +179,22 @@ int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, 
   out["checkpoint_bytes"] = bytes;
   out["cold_page_cache"] = cold;
   out["cores"] = std::thread::hardware_concurrency();
-  std::string md = fmt::format(
-      "| method | ranks | load time (s) | time / time at 1 rank | node memory (x S) | page cache (x S) |\n"
-      "|---|---:|---:|---:|---:|---:|\n");
-  std::map<std::string, double> one_rank_time;
-  std::vector<Series> series;
+  out["node_memory_bytes"] = node_memory;
+  out["runs"] = nlohmann::ordered_json::array();
   for (const Run& r : runs) {
-    if (r.ranks == rank_counts.front()) one_rank_time[r.method] = r.load_s;
+    if (!r.skipped.empty()) {
+      out["runs"].push_back({{"method", r.method}, {"ranks", r.ranks}, {"skipped", r.skipped}});
+      continue;
+    }
     const double net = static_cast<double>(r.peak > r.runtime ? r.peak - r.runtime : 0) / bytes;
-    const double cache = static_cast<double>(r.page_cache > r.runtime_page_cache ? r.page_cache - r.runtime_page_cache : 0) / bytes;
+    const double cache =
+        static_cast<double>(r.page_cache > r.runtime_page_cache ? r.page_cache - r.runtime_page_cache : 0) / bytes;
     out["runs"].push_back({{"method", r.method}, {"ranks", r.ranks}, {"load_seconds", r.load_s}, {"wall_seconds", r.wall_s},
                            {"peak_unreclaimable_bytes", r.peak}, {"runtime_unreclaimable_bytes", r.runtime},
                            {"node_memory_multiple", net}, {"page_cache_multiple", cache}});
-    md += fmt::format("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |\n", r.method, r.ranks, r.load_s,
-                      r.load_s / one_rank_time[r.method], net, cache);
-    if (series.empty() || series.back().name != r.method) series.push_back({r.method, {}});
-    series.back().y.push_back(net);
   }
-  std::vector<double> x(rank_counts.begin(), rank_counts.end());
   std::ofstream(out_prefix + ".json") << out.dump(2) << "\n";
-  std::ofstream(out_prefix + ".md") << md;
-  std::ofstream(out_prefix + ".svg") << line_chart_svg(
-      fmt::format("Node memory while loading a {} checkpoint", format_size(bytes)), "ranks per node",
-      "node memory / checkpoint size", x, series);
-  fmt::print("{}", md);
-  fmt::print("wrote {0}.json, {0}.md, {0}.svg\n", out_prefix);
+  write_table_and_chart(out, out_prefix);
   fs::remove_all(work);
   return 0;
 }
@@ -220,7 +270,7 @@ int main(int argc, char** argv) {
   run->add_option("--checkpoint", checkpoint, "safetensors checkpoint (default: synthesize one of --size)");
   run->add_option("--size", size, "size of the synthesized checkpoint")->capture_default_str();
   run->add_option("--ranks", ranks, "ranks per node to try")->delimiter(',')->capture_default_str();
-  run->add_option("--methods", methods, "naive, mmap, shared, private")->delimiter(',')->capture_default_str();
+  run->add_option("--methods", methods, "naive, mmap, shared, private, shared-leader")->delimiter(',')->capture_default_str();
   run->add_option("--out", out, "prefix of the .json, .md and .svg written")->capture_default_str();
   run->add_flag("--warm", warm, "keep the page cache between runs (default: drop it, as root, so each run reads storage)");
 
@@ -234,6 +284,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> command;
   measure->add_option("COMMAND", command)->required();
 
+  auto* plot = app.add_subcommand("plot", "Redraw the table and chart of a `run`'s JSON");
+  std::string plot_json, plot_out;
+  plot->add_option("JSON", plot_json)->required();
+  plot->add_option("--out", plot_out, "prefix of the .md and .svg (default: the JSON's)");
+
   auto* demo = app.add_subcommand("demo", "N ranks load a checkpoint under mpirun; check digests; report node memory");
   std::string demo_checkpoint;
   int demo_ranks = 4;
@@ -244,6 +299,12 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     if (*run) return run_matrix(checkpoint, size, ranks, methods, out, !warm);
     if (*demo) return run_demo(demo_checkpoint, demo_ranks);
+    if (*plot) {
+      std::ifstream in(plot_json);
+      auto results = nlohmann::ordered_json::parse(in);
+      write_table_and_chart(results, plot_out.empty() ? fs::path(plot_json).replace_extension().string() : plot_out);
+      return 0;
+    }
     if (*rank) {
       double seconds = method == "naive" ? load_naive(rank_checkpoint) : load_mmap(rank_checkpoint);
       const char* r = std::getenv("OMPI_COMM_WORLD_RANK");

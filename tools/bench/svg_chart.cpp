@@ -9,11 +9,13 @@ namespace shardcast::bench {
 
 std::string line_chart_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
                            const std::vector<double>& x, const std::vector<Series>& series) {
-  const double width = 640, height = 400, left = 60, right = 170, top = 40, bottom = 50;
+  const double width = 820, height = 420, left = 60, right = 290, top = 40, bottom = 50;
   const double plot_w = width - left - right, plot_h = height - top - bottom;
   double y_max = 1;
   for (const Series& s : series) {
-    for (double v : s.y) y_max = std::max(y_max, v);
+    for (double v : s.y) {
+      if (!std::isnan(v)) y_max = std::max(y_max, v);
+    }
   }
   y_max = std::ceil(y_max * 1.1);
   auto px = [&](size_t i) { return left + (x.size() > 1 ? plot_w * i / (x.size() - 1) : plot_w / 2); };
@@ -41,6 +43,7 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
     const char* color = kColors[s % std::size(kColors)];
     std::string points;
     for (size_t i = 0; i < series[s].y.size() && i < x.size(); ++i) {
+      if (std::isnan(series[s].y[i])) continue;  // a skipped configuration
       points += fmt::format("{:.1f},{:.1f} ", px(i), py(series[s].y[i]));
       svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(i), py(series[s].y[i]), color);
     }

@@ -8,7 +8,7 @@ namespace shardcast::bench {
 
 struct Series {
   std::string name;
-  std::vector<double> y;  // one value per x
+  std::vector<double> y;  // one value per x; NaN where there is none
 };
 
 std::string line_chart_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
