@@ -33,7 +33,7 @@ bool tensor_selected(const std::string& name, const std::vector<std::string>& pa
   return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) { return pattern_matches(p, name); });
 }
 
-Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size) {
+Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size, int node_count) {
   if (request.dtype && !(dtype_is_floating(*request.dtype) && can_cast(*request.dtype, DType::kF32))) {
     throw Error(ErrorCode::kInvalidArgument,
                 fmt::format("dtype {} cannot be loaded into: use F16, BF16, F32, F64 or auto", dtype_name(*request.dtype)));
@@ -67,25 +67,41 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
     plan.segments.push_back(std::move(segment));
   }
 
-  // Readers: .bin shards are decoded whole by one rank; safetensors tensors are spread over the local ranks,
-  // largest first onto the least loaded rank.
-  const int readers = request.parallel_read ? std::max(1, local_size) : 1;
-  std::vector<uint64_t> load(readers, 0);
-  auto least_loaded = [&] { return static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin()); };
-  std::vector<PlannedTensor*> spread;
-  for (PlannedSegment& segment : plan.segments) {
-    if (catalog.shards[segment.shard].format == CheckpointFormat::kTorchBin) {
-      int r = least_loaded();
-      for (PlannedTensor& p : segment.tensors) p.reader = r;
-      load[r] += segment.size;
-    } else {
-      for (PlannedTensor& p : segment.tensors) spread.push_back(&p);
-    }
+  // Owners: whole segments onto nodes, largest first onto the least loaded node.
+  auto least_loaded = [](const std::vector<uint64_t>& load) {
+    return static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+  };
+  std::vector<PlannedSegment*> by_size;
+  for (PlannedSegment& segment : plan.segments) by_size.push_back(&segment);
+  std::stable_sort(by_size.begin(), by_size.end(), [](const PlannedSegment* a, const PlannedSegment* b) { return a->size > b->size; });
+  std::vector<uint64_t> node_load(std::max(1, node_count), 0);
+  for (PlannedSegment* segment : by_size) {
+    segment->owner_node = least_loaded(node_load);
+    node_load[segment->owner_node] += segment->size;
   }
-  std::stable_sort(spread.begin(), spread.end(), [](const PlannedTensor* a, const PlannedTensor* b) { return a->nbytes > b->nbytes; });
-  for (PlannedTensor* p : spread) {
-    p->reader = least_loaded();
-    load[p->reader] += p->nbytes;
+
+  // Readers within the owner node: a .bin shard is decoded whole by one rank; safetensors tensors are spread over the
+  // local ranks, largest first onto the least loaded rank.
+  const int readers = request.parallel_read ? std::max(1, local_size) : 1;
+  for (int node = 0; node < static_cast<int>(node_load.size()); ++node) {
+    std::vector<uint64_t> load(readers, 0);
+    std::vector<PlannedTensor*> spread;
+    for (PlannedSegment& segment : plan.segments) {
+      if (segment.owner_node != node) continue;
+      if (catalog.shards[segment.shard].format == CheckpointFormat::kTorchBin) {
+        int r = least_loaded(load);
+        for (PlannedTensor& p : segment.tensors) p.reader = r;
+        load[r] += segment.size;
+      } else {
+        for (PlannedTensor& p : segment.tensors) spread.push_back(&p);
+      }
+    }
+    std::stable_sort(spread.begin(), spread.end(),
+                     [](const PlannedTensor* a, const PlannedTensor* b) { return a->nbytes > b->nbytes; });
+    for (PlannedTensor* p : spread) {
+      p->reader = least_loaded(load);
+      load[p->reader] += p->nbytes;
+    }
   }
 
   if (request.one_shard_at_a_time) {
@@ -99,6 +115,7 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
   for (const PlannedSegment& segment : plan.segments) {
     mix(h, segment.shard);
     mix(h, segment.size);
+    mix(h, static_cast<uint64_t>(segment.owner_node));
     for (const PlannedTensor& p : segment.tensors) {
       const TensorInfo& t = catalog.tensors[p.catalog_index];
       mix(h, t.name);

@@ -36,6 +36,7 @@ struct PlannedTensor {
 struct PlannedSegment {
   uint32_t shard = 0;
   uint64_t size = 0;
+  int owner_node = 0;  // the node whose ranks read it from storage; the other nodes receive it from that node
   std::vector<PlannedTensor> tensors;  // in source file order
 };
 
@@ -49,8 +50,10 @@ struct Plan {
 
 inline constexpr uint64_t kTensorAlignment = 64;
 
-// Throws kInvalidArgument for a pattern matching nothing or an impossible dtype.
-Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size);
+// Segments are split between `node_count` nodes balanced by bytes (largest first onto the least loaded node), so the
+// job reads each byte from storage once; within a node, tensors go to its `local_size` ranks. Throws
+// kInvalidArgument for a pattern matching nothing or an impossible dtype.
+Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size, int node_count = 1);
 
 // Is `name` selected by the request's patterns?
 bool tensor_selected(const std::string& name, const std::vector<std::string>& patterns);

@@ -18,11 +18,12 @@ void fill(const TensorInfo& t, const PlannedTensor& p, const uint8_t* source, ui
 
 }  // namespace
 
-StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::vector<size_t>& batch, int reader,
-                         const std::vector<uint8_t*>& segment_data) {
+StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::vector<size_t>& batch, int node,
+                         int reader, const std::vector<uint8_t*>& segment_data) {
   StageStats stats;
   for (size_t index : batch) {
     const PlannedSegment& segment = plan.segments[index];
+    if (segment.owner_node != node) continue;  // another node reads it and sends it over
     uint8_t* data = segment_data.at(index);
     const ShardInfo& shard = catalog.shards[segment.shard];
     bool mine = false;

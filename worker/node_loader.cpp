@@ -13,6 +13,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Segments cross nodes in pieces of this size: bounded memory per message (MPI counts are ints; a store holds values).
+constexpr uint64_t kExchangeChunk = 64ull << 20;
+
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
@@ -94,7 +97,7 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
   LoadRequest request = options.request;
   if (options.select) request.tensors = options.select(catalog_);
   request.one_shard_at_a_time = options.placement == Placement::kPrivate;
-  Plan plan = make_plan(catalog_, request, topo.local_size);
+  Plan plan = make_plan(catalog_, request, topo.local_size, topo.node_count);
   stats.node_bytes_staged = plan.total_bytes;
   stats.tensors = plan.tensor_count;
   stats.segments = plan.segments.size();
@@ -107,7 +110,7 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
   const shm::Access access =
       options.placement == Placement::kCopyOnWrite ? shm::Access::kCopyOnWrite : shm::Access::kReadOnly;
 
-  double create_s = 0, stage_s = 0, attach_s = 0, consume_s = 0;
+  double create_s = 0, stage_s = 0, exchange_s = 0, attach_s = 0, consume_s = 0;
   for (size_t b = 0; b < plan.batches.size(); ++b) {
     const std::vector<size_t>& batch = plan.batches[b];
     auto step = [&](const char* name) {
@@ -141,10 +144,28 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
                                                               options.location);
               data[i] = writable[i]->data();
             }
-            StageStats s = stage_tensors(catalog_, plan, batch, topo.local_rank, data);
+            StageStats s = stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data);
             stats.rank_bytes_staged += s.bytes_written;
           }, &own));
     stage_s += seconds_since(start);
+
+    // 4b. Across nodes, each segment was read by its owner node only: the leaders send it to the others.
+    if (topo.node_count > 1) {
+      start = Clock::now();
+      check("exchange", attempt([&] {
+              step("exchange");
+              if (!topo.is_node_leader()) return;
+              for (size_t i : batch) {
+                uint8_t* data = created[i]->data();
+                const uint64_t size = plan.segments[i].size;
+                for (uint64_t offset = 0; offset < size; offset += kExchangeChunk) {
+                  group_.leaders->broadcast(data + offset, std::min(kExchangeChunk, size - offset),
+                                            plan.segments[i].owner_node, fmt::format("exchange segment {}", i), timeout);
+                }
+              }
+            }, &own));
+      exchange_s += seconds_since(start);
+    }
 
     // 5. The leader marks the segments ready; every rank maps them for its placement; then the names go away.
     start = Clock::now();
@@ -177,6 +198,7 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
   }
   stats.phases.push_back({"create", create_s});
   stats.phases.push_back({"stage", stage_s});
+  if (topo.node_count > 1) stats.phases.push_back({"exchange", exchange_s});
   stats.phases.push_back({"attach", attach_s});
   stats.phases.push_back({"materialize", consume_s});
   stats.rank_bytes_read = checkpoint_bytes_read() - read_before;

@@ -60,12 +60,15 @@ std::vector<std::string> shardcast_segments() {
 }
 
 // Each forked rank opens a session over the file store and runs fn.
+// ranks_per_node > 0 groups them into virtual nodes (SHARDCAST_RANKS_PER_NODE).
 std::vector<testing::RankOutcome> with_sessions(const TempDir& dir, int ranks,
                                                 const std::function<void(Session&, int)>& fn,
-                                                std::chrono::seconds deadline = std::chrono::seconds(120)) {
+                                                std::chrono::seconds deadline = std::chrono::seconds(120),
+                                                int ranks_per_node = 0) {
   const std::string job = test_job();
   return testing::run_ranks(ranks, [&](int rank) {
     setenv("SHARDCAST_JOB_ID", job.c_str(), 1);
+    if (ranks_per_node > 0) setenv("SHARDCAST_RANKS_PER_NODE", std::to_string(ranks_per_node).c_str(), 1);
     Session session(make_file_store_communicator(dir / "store", rank, ranks), std::chrono::seconds(30));
     fn(session, rank);
   }, deadline);
@@ -125,6 +128,31 @@ INSTANTIATE_TEST_SUITE_P(
       return std::to_string(c.ranks) + "Ranks_" + std::string(placement_name(c.placement)) + "_" +
              std::string(format_name(c.format)) + "_" + c.dtype;
     });
+
+TEST(NodeLoad, VirtualNodesExchangeSegmentsThroughTheStore) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 3'000'000, 700'000, CheckpointFormat::kSafetensors, true);
+  const std::string expected = expected_digest(dir / "ckpt");
+  auto outcomes = with_sessions(
+      dir, 4,
+      [&](Session& session, int rank) {
+        StateDict state = session.load(dir / "ckpt");
+        if (session.topology().node_count != 2 || session.topology().node != rank / 2) {
+          throw std::runtime_error("wrong virtual topology: " + session.topology().describe());
+        }
+        std::ofstream(dir / ("digest" + std::to_string(rank))) << digest_of(state);
+        std::ofstream(dir / ("read" + std::to_string(rank))) << session.last_stats().rank_bytes_read;
+      },
+      std::chrono::seconds(120), /*ranks_per_node=*/2);
+  expect_all_succeeded(outcomes);
+  uint64_t read = 0;
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(testing::read_file(dir / ("digest" + std::to_string(r))), expected) << "rank " << r;
+    read += std::stoull(testing::read_file(dir / ("read" + std::to_string(r))));
+  }
+  EXPECT_LT(read, 3'300'000u) << "the job read some shard more than once";
+  EXPECT_TRUE(shardcast_segments().empty());
+}
 
 TEST(NodeLoad, CopyOnWriteWritesStayInTheWritingRank) {
   TempDir dir;
