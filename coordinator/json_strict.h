@@ -8,7 +8,8 @@
 
 namespace shardcast {
 
-// Throws kCorruptCheckpoint "'label': <what> is not valid JSON: ..." or "... has the key 'k' more than once".
+// Throws kCorruptCheckpoint "'label': <what> is not valid JSON: ...", "... has the key 'k' more than once", or
+// "... nests deeper than 16 levels" (a deeply nested value would overflow the stack of anything recursing over it).
 nlohmann::json parse_json_strict(std::string_view text, const std::string& label, std::string_view what);
 
 }  // namespace shardcast

@@ -1,5 +1,9 @@
 #include "coordinator/pickle_compat.h"
 
+#include <fmt/format.h>
+
+#include "core/error.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -81,7 +85,7 @@ class Scanner {
         case 't': case 'l': case 'd': case 0x91: case 'o': if (!collapse_to_mark()) return false; break;
         case 'i': if (!skip_line() || !skip_line() || !collapse_to_mark()) return false; break;  // INST
         // Pop to mark into the object below, which stays.
-        case 'e': case 'u': case 0x90: if (!pop_to_mark()) return false; break;
+        case 'e': case 'u': case 0x90: if (!pop_to_mark() || stack_.empty()) return false; break;  // into the object below
         case 'a': if (!pop(1)) return false; break;              // APPEND
         case 'b':                                                // BUILD: state applied to the object below
           if (stack_.size() < 2 || stack_.back().mark) return false;
@@ -186,14 +190,26 @@ class Scanner {
   std::string_view p_;
   size_t pos_ = 0;
   std::vector<Entry> stack_;
-  std::map<uint64_t, bool> memo_;  // memo index -> holds the OrderedDict class
+  std::map<uint64_t, bool> memo_;
+
+ public:
+  size_t position() const { return pos_; }
+
+ private:  // memo index -> holds the OrderedDict class
 };
 
 }  // namespace
 
 std::string make_pickle_loadable_by_libtorch(std::string_view pickle) {
   Scanner scanner(pickle);
-  if (!scanner.run() || scanner.edits.empty()) return std::string(pickle);
+  if (!scanner.run()) {
+    // LibTorch's unpickler does not check its stack: a stream that underflows it would crash the process.
+    throw Error(ErrorCode::kCorruptCheckpoint,
+                fmt::format("the pickle is malformed (stack underflow, a missing MARK or STOP, or an opcode torch.save "
+                            "never writes) near byte {} of {}",
+                            scanner.position(), pickle.size()));
+  }
+  if (scanner.edits.empty()) return std::string(pickle);
   std::vector<Edit>& edits = scanner.edits;
   std::sort(edits.begin(), edits.end(),
             [](const Edit& a, const Edit& b) { return std::tie(a.position, a.order) < std::tie(b.position, b.order); });

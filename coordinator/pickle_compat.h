@@ -16,7 +16,8 @@ namespace shardcast {
 // The key under which a dict's BUILD state (an OrderedDict's _metadata) ends up; no real tensor name starts with \x01.
 inline constexpr char kPickleStateKey[] = "\x01shardcast-build-state";
 
-// The rewritten pickle; a stream this scanner does not understand comes back unchanged (the unpickler reports it).
+// The rewritten pickle. A stream that would underflow the unpickler's stack (which LibTorch does not check), lacks a
+// MARK or STOP, or uses an opcode torch.save never writes is refused with kCorruptCheckpoint.
 std::string make_pickle_loadable_by_libtorch(std::string_view pickle);
 
 }  // namespace shardcast

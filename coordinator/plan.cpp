@@ -52,7 +52,10 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
     PlannedSegment segment;
     segment.shard = s;
     for (const TensorInfo* t : shard_tensors_in_read_order(catalog, s)) {
-      if (!tensor_selected(t->name, request.tensors)) continue;
+      if (request.only_listed ? std::find(request.tensors.begin(), request.tensors.end(), t->name) == request.tensors.end()
+                              : !tensor_selected(t->name, request.tensors)) {
+        continue;
+      }
       PlannedTensor p;
       p.catalog_index = static_cast<uint32_t>(t - catalog.tensors.data());
       p.dtype = target_dtype(t->dtype, request.dtype);

@@ -19,6 +19,8 @@ struct LoadRequest {
   // Which tensors: empty means all; an entry ending in '*' is a prefix ("model.layers.0.*"), others exact names.
   // A pattern that matches nothing is an error.
   std::vector<std::string> tensors;
+  // The list is exact and complete: an empty `tensors` selects nothing (load_into when no name matches the module).
+  bool only_listed = false;
   // Stage one shard at a time (private placement: the node never holds more than one shard in shared memory).
   bool one_shard_at_a_time = false;
   // Local ranks that read from storage: all of them (true), or only the node leader.

@@ -11,7 +11,9 @@
 #include <fmt/format.h>
 #include <torch/csrc/jit/serialization/storage_context.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
+#include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 
 #include "coordinator/pickle_compat.h"
 #include "coordinator/torch_dtype.h"
@@ -60,9 +62,43 @@ void check_zip_magic(const std::filesystem::path& path) {
 
 namespace {
 
+// The view must lie inside its storage, and (with data) the storage inside the record it was read from.
+void check_view_fits(const std::filesystem::path& path, const std::string& name, const at::Tensor& t,
+                     const std::map<const void*, size_t>* record_bytes) {
+  const uint64_t item = t.element_size();
+  const uint64_t storage_bytes = t.storage().nbytes();
+  if (t.storage_offset() < 0) corrupt(path, fmt::format("tensor '{}' has a negative storage offset", name));
+  uint64_t last = static_cast<uint64_t>(t.storage_offset());  // element index of the last element
+  bool empty = false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) < 0 || t.stride(d) < 0) corrupt(path, fmt::format("tensor '{}' has a negative size or stride", name));
+    if (t.size(d) == 0) empty = true;
+    uint64_t reach = 0;
+    if (t.size(d) > 0 && __builtin_mul_overflow(static_cast<uint64_t>(t.size(d) - 1), static_cast<uint64_t>(t.stride(d)), &reach)) {
+      corrupt(path, fmt::format("tensor '{}' has a shape whose extent overflows", name));
+    }
+    if (__builtin_add_overflow(last, reach, &last)) corrupt(path, fmt::format("tensor '{}' extent overflows", name));
+  }
+  uint64_t needed = 0;
+  if (!empty && (__builtin_mul_overflow(last + 1, item, &needed) || needed > storage_bytes)) {
+    corrupt(path, fmt::format("tensor '{}' reaches byte {} of a storage of {} bytes", name, needed, storage_bytes));
+  }
+  if (record_bytes && storage_bytes > 0) {
+    auto it = record_bytes->find(t.storage().data());
+    const uint64_t held = it == record_bytes->end() ? 0 : it->second;
+    if (storage_bytes > held) {
+      corrupt(path, fmt::format("tensor '{}': its storage claims {} bytes but the archive record holds {}", name,
+                                storage_bytes, held));
+    }
+  }
+}
+
 std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data) {
   check_zip_magic(path);
   c10::IValue root;
+  // The unpickler sizes a storage from the element count in the pickle, not from its record: remember each record's
+  // size so a storage that claims more than its record holds is refused, not read past its end.
+  std::map<const void*, size_t> record_bytes;
   try {
     // What torch::jit::readArchiveAndTensors does, with the pickle made readable by this unpickler first.
     caffe2::serialize::PyTorchStreamReader reader(path.string());
@@ -80,7 +116,9 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
     };
     auto read_record = [&](const std::string& name) {
       if (!with_data) return at::DataPtr(nullptr, at::Device(at::kCPU));
-      return std::get<0>(reader.getRecord("data/" + name));
+      auto [data, size] = reader.getRecord("data/" + name);
+      record_bytes[data.get()] = size;
+      return std::move(data);
     };
     // No type resolver and no object loader: any global beyond tensors, storages and containers is refused. The
     // storage context makes tensors that name one storage share it (tied weights saved as separate views).
@@ -108,7 +146,9 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
       corrupt(path, fmt::format("key '{}' holds a {}, not a tensor; shardcast loads flat state dicts", name,
                                 item.value().tagKind()));
     }
-    entries.emplace_back(name, item.value().toTensor());
+    const at::Tensor& tensor = item.value().toTensor();
+    check_view_fits(path, name, tensor, with_data ? &record_bytes : nullptr);
+    entries.emplace_back(name, tensor);
   }
   std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
 
@@ -156,9 +196,26 @@ void write_torch_bin(const std::filesystem::path& path, const std::vector<Tensor
                                                            t.bytes.size, tensor.nbytes()));
     }
     if (t.bytes.size > 0) std::memcpy(tensor.data_ptr(), t.bytes.data, t.bytes.size);
-    dict.insert(t.name, tensor);
+    if (!dict.insert(t.name, tensor).second) {
+      throw Error(ErrorCode::kInvalidArgument, fmt::format("tensor '{}' is given twice", t.name));
+    }
   }
-  std::vector<char> archive = torch::jit::pickle_save(c10::IValue(dict));
+  // torch::jit::pickle_save, but without the torch.jit._pickle.restore_type_tag wrapper around the dict (its
+  // tag_aggregates): that global is not on torch.load(weights_only=True)'s allowlist, PyTorch's default since 2.6.
+  std::vector<char> pickle;
+  torch::jit::Pickler pickler([&](const char* data, size_t n) { pickle.insert(pickle.end(), data, data + n); },
+                              /*tensor_table=*/nullptr, /*type_renamer=*/nullptr, /*memoized_class_types=*/nullptr,
+                              /*get_tensor_id=*/nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(c10::IValue(dict));
+  pickler.stop();
+  std::vector<char> archive;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) {
+    archive.insert(archive.end(), static_cast<const char*>(data), static_cast<const char*>(data) + n);
+    return n;
+  });
+  torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
+  writer.writeEndOfFile();
   File file = File::create_exclusive(path);
   file.write_all(archive.data(), archive.size());
   file.sync();

@@ -1,5 +1,7 @@
 // The collectives shardcast needs, behind one interface: MPI (mpirun, srun), a c10d store (torchrun-style launches,
-// forked test ranks), or a single process. Every call has a timeout and says what it was waiting for.
+// forked test ranks), or a single process. Every call has a timeout and says what it was waiting for: the store
+// throws kTimeout naming the missing ranks; MPI, which cannot cancel a started collective, prints why and aborts the
+// job (MPI_Abort).
 #pragma once
 
 #include <chrono>

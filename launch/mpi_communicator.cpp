@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -115,10 +116,14 @@ class MpiCommunicator final : public Communicator {
       check(MPI_Test(request, &done, MPI_STATUS_IGNORE), "MPI_Test");
       if (done) return;
       if (std::chrono::steady_clock::now() > deadline) {
-        throw Error(ErrorCode::kTimeout,
-                    fmt::format("rank {} of {} timed out after {} s in '{}': another rank died or is stuck (MPI does "
-                                "not say which)",
-                                rank_, size_, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), what));
+        // MPI cannot cancel a started collective, and it still owns our buffers: returning would let it write into
+        // freed memory later. Say why and end the job; the next load or `shardcast gc` removes leftover segments.
+        std::fprintf(stderr,
+                     "shardcast: error: rank %d of %d timed out after %lld s in '%s': another rank died or is stuck "
+                     "(MPI does not say which); aborting the job\n",
+                     rank_, size_, static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()),
+                     what.c_str());
+        MPI_Abort(MPI_COMM_WORLD, 3);
       }
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(1000));

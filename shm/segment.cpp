@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -25,6 +26,13 @@ namespace fs = std::filesystem;
 
 struct Segment::Mapping {
   bip::mapped_region region;
+  // The creator keeps the backing file open with a shared flock for as long as it owns the name: the kernel drops the
+  // lock when the creator exits or crashes, so "nobody holds the lock" means orphaned, across PID namespaces too
+  // (containers sharing /dev/shm), where a pid says nothing.
+  int creator_lock = -1;
+  ~Mapping() {
+    if (creator_lock >= 0) ::close(creator_lock);
+  }
 };
 
 namespace {
@@ -46,7 +54,28 @@ bip::mode_t boost_mode(Access access) {
   throw Error(ErrorCode::kSystem, fmt::format("{}('{}') failed: {}", call, subject, e.what()));
 }
 
-bool process_alive(int pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+fs::path backing_path(const std::string& name, const Location& location) { return location.filesystem() / name; }
+
+// Takes the creator's shared lock on a duplicate of fd (which the caller may close).
+int hold_creator_lock(int fd, const std::string& where) {
+  int lock = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (lock < 0) throw_system_error("dup", where, errno);
+  if (::flock(lock, LOCK_SH) != 0) {
+    int err = errno;
+    ::close(lock);
+    throw_system_error("flock", where, err);
+  }
+  return lock;
+}
+
+// True when a live process created the segment and still holds it (its creator lock is taken).
+bool creator_alive(const std::string& name, const Location& location) {
+  int fd = ::open(backing_path(name, location).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);  // also releases our lock if we got it
+  return held;
+}
 
 // Opens the segment's backing object (shm or file) and maps [0, size) with `access`.
 std::unique_ptr<Segment::Mapping> map_existing(const std::string& name, const Location& location, Access access,
@@ -92,8 +121,11 @@ std::unique_ptr<Segment::Mapping> create_backing(const std::string& name, const 
     permissions.set_permissions(0600);
     bip::shared_memory_object object(bip::create_only, name.c_str(), bip::read_write, permissions);
     try {
+      const int lock = hold_creator_lock(object.get_mapping_handle().handle, where);
+      auto mapping = std::unique_ptr<Segment::Mapping>(new Segment::Mapping{{}, lock});
       allocate(object.get_mapping_handle().handle);
-      return std::unique_ptr<Segment::Mapping>(new Segment::Mapping{bip::mapped_region(object, bip::read_write)});
+      mapping->region = bip::mapped_region(object, bip::read_write);
+      return mapping;
     } catch (...) {
       bip::shared_memory_object::remove(name.c_str());
       throw;
@@ -103,10 +135,12 @@ std::unique_ptr<Segment::Mapping> create_backing(const std::string& name, const 
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) throw_system_error("open(O_CREAT|O_EXCL)", path.string(), errno);
   try {
+    auto mapping = std::unique_ptr<Segment::Mapping>(new Segment::Mapping{{}, hold_creator_lock(fd, where)});
     allocate(fd);
     ::close(fd);
     bip::file_mapping file(path.c_str(), bip::read_write);
-    return std::unique_ptr<Segment::Mapping>(new Segment::Mapping{bip::mapped_region(file, bip::read_write)});
+    mapping->region = bip::mapped_region(file, bip::read_write);
+    return mapping;
   } catch (...) {
     ::close(fd);
     ::unlink(path.c_str());
@@ -148,18 +182,17 @@ Segment::~Segment() {
 
 std::shared_ptr<Segment> Segment::create(const std::string& name, uint64_t data_size, uint64_t layout_hash,
                                          const Location& location) {
-  SegmentHeader existing{};
-  uint64_t existing_size = 0;
-  if (read_header(name, location, &existing, &existing_size)) {
-    if (process_alive(existing.creator_pid)) {
+  if (fs::exists(backing_path(name, location))) {
+    if (creator_alive(name, location)) {
+      SegmentHeader existing{};
+      uint64_t size = 0;
+      read_header(name, location, &existing, &size);
       throw Error(ErrorCode::kInvalidArgument,
                   fmt::format("segment '{}/{}' already exists and its creator (pid {}) is alive: is another job using "
                               "the same job id?",
                               location.describe(), name, existing.creator_pid));
     }
     unlink(name, location);  // an orphan of a crashed run
-  } else if (existing_size > 0 || (!posix(location) && fs::exists(location.dir / name))) {
-    unlink(name, location);  // a half-created orphan without a header
   }
   std::unique_ptr<Mapping> mapping;
   try {
@@ -256,15 +289,10 @@ std::vector<Orphan> find_orphans(const Location& location) {
   for (const auto& entry : fs::directory_iterator(location.filesystem(), ec)) {
     const std::string name = entry.path().filename().string();
     if (name.rfind(kNamePrefix, 0) != 0) continue;
+    if (creator_alive(name, location)) continue;
     SegmentHeader h{};
     uint64_t size = 0;
     bool has_header = read_header(name, location, &h, &size);
-    if (has_header && process_alive(h.creator_pid)) continue;
-    if (!has_header) {
-      // Possibly being created right now: only a header-less segment older than a minute is an orphan.
-      struct stat st {};
-      if (::stat(entry.path().c_str(), &st) == 0 && time(nullptr) - st.st_mtime < 60) continue;
-    }
     orphans.push_back({name, has_header ? h.creator_pid : 0, size});
   }
   return orphans;

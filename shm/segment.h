@@ -48,8 +48,8 @@ inline constexpr uint64_t kHeaderBytes = 4096;  // data starts page-aligned
 class Segment {
  public:
   // Creates `name` with mode 0600 and header + data_size bytes, all allocated now (so a full filesystem fails here,
-  // not as SIGBUS later). An existing segment of that name whose creator is dead is removed first; one whose creator
-  // lives is an error. The name is unlinked again by the destructor unless release_name() ran.
+  // not as SIGBUS later). The creator holds a shared flock on it while it owns the name. An existing segment of that
+  // name whose creator lock is free (the creator is gone) is removed first; a held one is an error. The name is unlinked again by the destructor unless release_name() ran.
   static std::shared_ptr<Segment> create(const std::string& name, uint64_t data_size, uint64_t layout_hash,
                                          const Location& location);
   // Maps an existing segment; checks magic, version, size and layout_hash.
@@ -92,7 +92,8 @@ uint64_t free_bytes(const Location& location);
 // Throws kSystem before anything is allocated when `needed` bytes do not fit, with both numbers and the fixes.
 void check_free_space(const Location& location, uint64_t needed, const std::string& what);
 
-// Segments named with kNamePrefix whose creator process is gone: what `shardcast gc` and a new run remove.
+// Segments named with kNamePrefix whose creator lock nobody holds (the creating process is gone, whatever its PID
+// namespace): what `shardcast gc` and a new run remove.
 struct Orphan {
   std::string name;
   int creator_pid = 0;

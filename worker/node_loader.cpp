@@ -54,12 +54,16 @@ Placement parse_placement(const std::string& name) {
 }
 
 void NodeLoader::agree(const std::string& step, const std::string& my_error, Timeout timeout) {
-  auto outcomes = group_.node->all_gather(my_error, step, timeout);
+  // Job-wide: a failure on any node stops every node (the exchange between nodes would otherwise wait for it).
+  const Topology& t = group_.topology;
+  const std::string mine = my_error.empty() ? "" : fmt::format("(local rank {} of node {}) {}", t.local_rank, t.node, my_error);
+  auto outcomes = group_.world->all_gather(mine, step, timeout);
   if (!my_error.empty()) return;  // the caller rethrows its own error
   for (int r = 0; r < static_cast<int>(outcomes.size()); ++r) {
     if (outcomes[r].empty()) continue;
-    throw Error(ErrorCode::kRemoteRankFailed,
-                fmt::format("local rank {} of node {} failed in '{}': {}", r, group_.topology.node, step, outcomes[r]));
+    throw Error(ErrorCode::kRemoteRankFailed, fmt::format("rank {} {} failed in '{}': {}", r,
+                                                          outcomes[r].substr(0, outcomes[r].find(')') + 1), step,
+                                                          outcomes[r].substr(outcomes[r].find(')') + 2)));
   }
 }
 
@@ -95,7 +99,10 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
   // 2. Every rank computes the same plan (the layout hash proves it on attach).
   start = Clock::now();
   LoadRequest request = options.request;
-  if (options.select) request.tensors = options.select(catalog_);
+  if (options.select) {
+    request.tensors = options.select(catalog_);
+    request.only_listed = true;
+  }
   request.one_shard_at_a_time = options.placement == Placement::kPrivate;
   Plan plan = make_plan(catalog_, request, topo.local_size, topo.node_count);
   stats.node_bytes_staged = plan.total_bytes;
@@ -183,9 +190,11 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
             }
           }, &own));
     // Everyone has attached: unlink now, so a crash from here on leaves nothing in /dev/shm.
-    for (size_t i : batch) {
-      if (created[i]) created[i]->release_name();
-    }
+    check("release", attempt([&] {
+            for (size_t i : batch) {
+              if (created[i]) created[i]->release_name();
+            }
+          }, &own));
     created.clear();
     attach_s += seconds_since(start);
 

@@ -71,7 +71,7 @@ class NodeLoader {
   const Catalog& catalog() const { return catalog_; }
 
  private:
-  // Every local rank reports its outcome of `step`; if any failed, all throw (the failing rank its own error).
+  // Every rank of the job reports its outcome of `step`; if any failed, all throw (the failing rank its own error).
   void agree(const std::string& step, const std::string& my_error, Timeout timeout);
 
   Group& group_;

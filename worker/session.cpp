@@ -142,9 +142,17 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
       at::Tensor& target = targets.at(t.info->name);
       if (!filled.insert(target.unsafeGetTensorImpl()).second) continue;  // a tied parameter, already loaded
       const bool same_dtype = to_scalar_type(t.dtype) == target.scalar_type();
-      if (options.placement == Placement::kPrivate && same_dtype && target.is_contiguous()) {
-        std::memcpy(target.data_ptr(), t.data, t.nbytes);  // in place: no second copy
+      if (options.placement == Placement::kPrivate && same_dtype) {
+        target.copy_(view_of(t));  // in place, on whatever device the module lives: no second copy
+      } else if (!target.device().is_cpu()) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    fmt::format("parameter '{}' is on {}: the {} placement gives host views; use private (copies "
+                                "into the module in its dtype {}) or load before moving the module",
+                                t.info->name, target.device().str(), placement_name(options.placement),
+                                c10::toString(target.scalar_type())));
       } else {
+        // shared/cow: the parameter becomes the staged view; a different dtype (dtype "auto") follows the checkpoint,
+        // as transformers' torch_dtype="auto" does.
         target.set_data(options.placement == Placement::kPrivate ? copy_of(t) : view_of(t));
       }
       ++report.loaded;

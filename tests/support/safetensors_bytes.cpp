@@ -40,6 +40,11 @@ std::vector<BrokenCase> broken_safetensors_cases() {
       {"HeaderInvalidJson", safetensors_bytes(R"({"a":{"dtype":"F32",)", ""), "header is not valid JSON", ""},
       {"HeaderTrailingGarbage", safetensors_bytes("{}xyz", ""), "header is not valid JSON", ""},
       {"HeaderInvalidUtf8", safetensors_bytes("{\"\xff\xfe\":1}", ""), "header is not valid JSON", ""},
+      {"HeaderNestedTooDeep",
+       safetensors_bytes(R"({"a":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') +
+                             R"(,"data_offsets":[0,0]}})",
+                         ""),
+       "header nests deeper than 16 levels", ""},
       {"HeaderDuplicateKey", safetensors_bytes(std::string("{") + kA + "," + kA + "," + kB + "}", d14),
        "has the key 'a' more than once", ""},
       {"MetadataNotObject", safetensors_bytes(std::string(R"({"__metadata__":[1],)") + kA + "," + kB + "}", d14),

@@ -203,7 +203,7 @@ TEST(NodeLoad, ARankThatFailsMidLoadFailsEveryRankCleanly) {
   EXPECT_EQ(outcome_file(dir, 2), std::to_string(static_cast<int>(ErrorCode::kSystem)) + " injected failure while staging");
   for (int r : {0, 1}) {
     EXPECT_CONTAINS(outcome_file(dir, r), std::to_string(static_cast<int>(ErrorCode::kRemoteRankFailed)) +
-                                              " local rank 2 of node 0 failed in 'stage': injected failure");
+                                              " rank 2 (local rank 2 of node 0) failed in 'stage': injected failure");
   }
   EXPECT_TRUE(shardcast_segments().empty());
 }
