@@ -32,8 +32,8 @@ struct Located {
 Located locate(const fs::path& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
-    for (const char* name : {"model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                             "pytorch_model.bin"}) {
+    for (const char* name :
+         {"model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"}) {
       fs::path candidate = path / name;
       if (fs::exists(candidate, ec)) {
         return ends_with(name, ".json") ? Located{path, candidate, {}} : Located{path, {}, candidate};
@@ -142,7 +142,7 @@ Catalog scan_catalog(const fs::path& path, std::vector<Error>* problems, std::ve
       catalog.shards.push_back(std::move(shard));
     }
     catalog.format = ends_with(where.index.filename().string(), ".bin.index.json") ? CheckpointFormat::kTorchBin
-                                                                                     : CheckpointFormat::kSafetensors;
+                                                                                   : CheckpointFormat::kSafetensors;
   } else {
     ShardInfo shard;
     shard.file = where.single.filename().string();
@@ -167,9 +167,9 @@ Catalog scan_catalog(const fs::path& path, std::vector<Error>* problems, std::ve
       const std::string& file = catalog.shards[i].file;
       auto [it, inserted] = found_in.emplace(t.name, i);
       if (!inserted) {
-        problems->push_back(Error(ErrorCode::kCorruptCheckpoint,
-                                  fmt::format("tensor '{}' lives in two shards: '{}' and '{}'", t.name,
-                                              catalog.shards[it->second].file, file)));
+        problems->push_back(
+            Error(ErrorCode::kCorruptCheckpoint, fmt::format("tensor '{}' lives in two shards: '{}' and '{}'", t.name,
+                                                             catalog.shards[it->second].file, file)));
         continue;
       }
       if (!where.index.empty()) {
@@ -194,10 +194,12 @@ Catalog scan_catalog(const fs::path& path, std::vector<Error>* problems, std::ve
     auto it = found_in.find(name);
     bool in_mapped_shard = it != found_in.end() && catalog.shards[it->second].file == file;
     if (in_mapped_shard) continue;
-    std::string elsewhere = it != found_in.end() ? fmt::format(" (it is in '{}')", catalog.shards[it->second].file) : "";
-    problems->push_back(Error(ErrorCode::kCorruptCheckpoint,
-                              fmt::format("'{}': weight_map maps tensor '{}' to '{}', but that shard does not hold it{}",
-                                          where.index.string(), name, file, elsewhere)));
+    std::string elsewhere =
+        it != found_in.end() ? fmt::format(" (it is in '{}')", catalog.shards[it->second].file) : "";
+    problems->push_back(
+        Error(ErrorCode::kCorruptCheckpoint,
+              fmt::format("'{}': weight_map maps tensor '{}' to '{}', but that shard does not hold it{}",
+                          where.index.string(), name, file, elsewhere)));
   }
 
   std::sort(catalog.tensors.begin(), catalog.tensors.end(),

@@ -41,7 +41,7 @@ struct Catalog {
   std::filesystem::path root;        // the checkpoint directory
   std::filesystem::path index_path;  // empty for a single-file checkpoint
   CheckpointFormat format = CheckpointFormat::kSafetensors;
-  std::vector<ShardInfo> shards;  // in index order (sorted by file name)
+  std::vector<ShardInfo> shards;    // in index order (sorted by file name)
   std::vector<TensorInfo> tensors;  // sorted by name
   std::optional<uint64_t> index_total_size;
 
@@ -60,6 +60,7 @@ Catalog open_catalog(const std::filesystem::path& path);
 
 // The same, but records every problem and carries on; the catalog holds what could be read. Warnings are what a load
 // tolerates (an index total_size that disagrees with the shards): open_catalog prints them, verify fails on them.
-Catalog scan_catalog(const std::filesystem::path& path, std::vector<Error>* problems, std::vector<std::string>* warnings);
+Catalog scan_catalog(const std::filesystem::path& path, std::vector<Error>* problems,
+                     std::vector<std::string>* warnings);
 
 }  // namespace shardcast

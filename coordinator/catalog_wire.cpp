@@ -15,13 +15,19 @@ std::string encode_catalog(const Catalog& c) {
   if (c.index_total_size) j["total_size"] = *c.index_total_size;
   j["shards"] = json::array();
   for (const ShardInfo& s : c.shards) {
-    j["shards"].push_back({{"file", s.file}, {"path", s.path.string()}, {"format", static_cast<int>(s.format)},
-                           {"size", s.file_size}, {"data_start", s.data_start}, {"metadata", s.metadata},
-                           {"tensors", s.tensor_count}, {"readable", s.readable}});
+    j["shards"].push_back({{"file", s.file},
+                           {"path", s.path.string()},
+                           {"format", static_cast<int>(s.format)},
+                           {"size", s.file_size},
+                           {"data_start", s.data_start},
+                           {"metadata", s.metadata},
+                           {"tensors", s.tensor_count},
+                           {"readable", s.readable}});
   }
   j["tensors"] = json::array();
   for (const TensorInfo& t : c.tensors) {
-    j["tensors"].push_back({t.name, static_cast<int>(t.dtype), t.shape, t.shard, t.has_file_range, t.file_offset, t.tied_to});
+    j["tensors"].push_back(
+        {t.name, static_cast<int>(t.dtype), t.shape, t.shard, t.has_file_range, t.file_offset, t.tied_to});
   }
   return j.dump();
 }

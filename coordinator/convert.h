@@ -18,8 +18,8 @@ struct ConvertOptions {
 
 struct ConvertResult {
   size_t tensors = 0;
-  size_t cast = 0;         // tensors whose dtype changed
-  size_t untied = 0;       // .bin tied weights written as separate copies (safetensors has no aliasing)
+  size_t cast = 0;    // tensors whose dtype changed
+  size_t untied = 0;  // .bin tied weights written as separate copies (safetensors has no aliasing)
   std::vector<std::filesystem::path> files;
 };
 

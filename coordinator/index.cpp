@@ -9,7 +9,9 @@ namespace shardcast {
 namespace fs = std::filesystem;
 
 CheckpointIndex parse_index(std::string_view text, const std::string& label) {
-  auto bad = [&](const std::string& what) { throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}': {}", label, what)); };
+  auto bad = [&](const std::string& what) {
+    throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}': {}", label, what));
+  };
   nlohmann::json root = parse_json_strict(text, label, "index");
   if (!root.is_object()) bad("index is not a JSON object");
   CheckpointIndex index;

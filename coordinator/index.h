@@ -11,7 +11,7 @@
 namespace shardcast {
 
 struct CheckpointIndex {
-  std::optional<uint64_t> total_size;           // metadata.total_size, when present
+  std::optional<uint64_t> total_size;             // metadata.total_size, when present
   std::map<std::string, std::string> weight_map;  // tensor name -> shard file, relative to the index's directory
 };
 

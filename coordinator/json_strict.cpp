@@ -19,7 +19,8 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& label
   std::string duplicate;
   bool too_deep = false;
   auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
-    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth > kMaxDepth) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth > kMaxDepth) {
       too_deep = true;  // keep parsing flat from here: the value is discarded and the whole parse rejected below
       return false;
     }
@@ -46,7 +47,8 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& label
                 fmt::format("'{}': {} nests deeper than {} levels", label, what, kMaxDepth));
   }
   if (!duplicate.empty()) {
-    throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}': {} has the key '{}' more than once", label, what, duplicate));
+    throw Error(ErrorCode::kCorruptCheckpoint,
+                fmt::format("'{}': {} has the key '{}' more than once", label, what, duplicate));
   }
   return parsed;
 }

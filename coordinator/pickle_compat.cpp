@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
-#include <tuple>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace shardcast {
@@ -47,23 +47,84 @@ class Scanner {
       const size_t at = pos_;
       const auto op = static_cast<unsigned char>(p_[pos_++]);
       switch (op) {
-        case '.': return true;  // STOP
+        case '.': return true;                          // STOP
         case '(': stack_.push_back({at, true}); break;  // MARK
-        case '0': if (!pop(1)) return false; break;      // POP
-        case '1': if (!pop_to_mark()) return false; break;  // POP_MARK
-        case '2': if (stack_.empty()) return false; stack_.push_back(stack_.back()); break;  // DUP
+        case '0':
+          if (!pop(1)) return false;
+          break;  // POP
+        case '1':
+          if (!pop_to_mark()) return false;
+          break;  // POP_MARK
+        case '2':
+          if (stack_.empty()) return false;
+          stack_.push_back(stack_.back());
+          break;  // DUP
         // Push one value, with a fixed-size or length-prefixed argument.
-        case 'N': case 0x88: case 0x89: case ')': case ']': case '}': case 0x8f: case 0x97: push(at); break;
-        case 'K': case 0x82: if (!skip(1)) return false; push(at); break;
-        case 'M': case 0x83: if (!skip(2)) return false; push(at); break;
-        case 'J': case 0x84: if (!skip(4)) return false; push(at); break;
-        case 'h': if (!skip(1)) return false; push_memo(at, argument(1)); break;   // BINGET
-        case 'j': if (!skip(4)) return false; push_memo(at, argument(4)); break;   // LONG_BINGET
-        case 'G': if (!skip(8)) return false; push(at); break;
-        case 0x8a: case 'U': case 0x8c: case 'C': if (!skip_length(1)) return false; push(at); break;
-        case 0x8b: case 'T': case 'X': case 'B': if (!skip_length(4)) return false; push(at); break;
-        case 0x8d: case 0x8e: case 0x96: if (!skip_length(8)) return false; push(at); break;
-        case 'I': case 'L': case 'S': case 'V': case 'F': case 'g': case 'P': if (!skip_line()) return false; push(at); break;
+        case 'N':
+        case 0x88:
+        case 0x89:
+        case ')':
+        case ']':
+        case '}':
+        case 0x8f:
+        case 0x97: push(at); break;
+        case 'K':
+        case 0x82:
+          if (!skip(1)) return false;
+          push(at);
+          break;
+        case 'M':
+        case 0x83:
+          if (!skip(2)) return false;
+          push(at);
+          break;
+        case 'J':
+        case 0x84:
+          if (!skip(4)) return false;
+          push(at);
+          break;
+        case 'h':
+          if (!skip(1)) return false;
+          push_memo(at, argument(1));
+          break;  // BINGET
+        case 'j':
+          if (!skip(4)) return false;
+          push_memo(at, argument(4));
+          break;  // LONG_BINGET
+        case 'G':
+          if (!skip(8)) return false;
+          push(at);
+          break;
+        case 0x8a:
+        case 'U':
+        case 0x8c:
+        case 'C':
+          if (!skip_length(1)) return false;
+          push(at);
+          break;
+        case 0x8b:
+        case 'T':
+        case 'X':
+        case 'B':
+          if (!skip_length(4)) return false;
+          push(at);
+          break;
+        case 0x8d:
+        case 0x8e:
+        case 0x96:
+          if (!skip_length(8)) return false;
+          push(at);
+          break;
+        case 'I':
+        case 'L':
+        case 'S':
+        case 'V':
+        case 'F':
+        case 'g':
+        case 'P':
+          if (!skip_line()) return false;
+          push(at);
+          break;
         case 'c': {  // GLOBAL
           const size_t name = pos_;
           if (!skip_line() || !skip_line()) return false;
@@ -75,19 +136,47 @@ class Scanner {
           break;
         }
         // No stack effect.
-        case 'q': if (!skip(1)) return false; memoize(argument(1)); break;  // BINPUT
-        case 'r': if (!skip(4)) return false; memoize(argument(4)); break;  // LONG_BINPUT
-        case 0x80: if (!skip(1)) return false; break;            // PROTO
-        case 0x95: if (!skip(8)) return false; break;            // FRAME
-        case 'p': if (!skip_line()) return false; break;         // PUT
-        case 0x94: case 0x98: break;                             // MEMOIZE, READONLY_BUFFER
+        case 'q':
+          if (!skip(1)) return false;
+          memoize(argument(1));
+          break;  // BINPUT
+        case 'r':
+          if (!skip(4)) return false;
+          memoize(argument(4));
+          break;  // LONG_BINPUT
+        case 0x80:
+          if (!skip(1)) return false;
+          break;  // PROTO
+        case 0x95:
+          if (!skip(8)) return false;
+          break;  // FRAME
+        case 'p':
+          if (!skip_line()) return false;
+          break;  // PUT
+        case 0x94:
+        case 0x98:
+          break;  // MEMOIZE, READONLY_BUFFER
         // Pop to mark, push the built value (it starts where the mark was).
-        case 't': case 'l': case 'd': case 0x91: case 'o': if (!collapse_to_mark()) return false; break;
-        case 'i': if (!skip_line() || !skip_line() || !collapse_to_mark()) return false; break;  // INST
+        case 't':
+        case 'l':
+        case 'd':
+        case 0x91:
+        case 'o':
+          if (!collapse_to_mark()) return false;
+          break;
+        case 'i':
+          if (!skip_line() || !skip_line() || !collapse_to_mark()) return false;
+          break;  // INST
         // Pop to mark into the object below, which stays.
-        case 'e': case 'u': case 0x90: if (!pop_to_mark() || stack_.empty()) return false; break;  // into the object below
-        case 'a': if (!pop(1)) return false; break;              // APPEND
-        case 'b':                                                // BUILD: state applied to the object below
+        case 'e':
+        case 'u':
+        case 0x90:
+          if (!pop_to_mark() || stack_.empty()) return false;
+          break;  // into the object below
+        case 'a':
+          if (!pop(1)) return false;
+          break;   // APPEND
+        case 'b':  // BUILD: state applied to the object below
           if (stack_.size() < 2 || stack_.back().mark) return false;
           if (stack_[stack_.size() - 2].ordered_dict) {
             // dict state BUILD -> dict MARK kPickleStateKey state SETITEMS
@@ -99,7 +188,7 @@ class Scanner {
           }
           stack_.pop_back();
           break;
-        case 'R': {                                              // REDUCE: callable args -> result
+        case 'R': {  // REDUCE: callable args -> result
           if (stack_.size() < 2) return false;
           const Entry callable = stack_[stack_.size() - 2];
           const Entry args = stack_.back();
@@ -112,11 +201,22 @@ class Scanner {
           stack_.back().ordered_dict = callable.ordered_dict_class;
           break;
         }
-        case 0x85: if (!combine(1)) return false; break;         // TUPLE1
-        case 0x86: case 0x81: case 0x93: if (!combine(2)) return false; break;  // TUPLE2, NEWOBJ, STACK_GLOBAL
-        case 0x87: case 0x92: if (!combine(3)) return false; break;  // TUPLE3, NEWOBJ_EX
-        case 'Q': if (!combine(1)) return false; break;          // BINPERSID
-        case 's':                                                // SETITEM: dict key value -> dict
+        case 0x85:
+          if (!combine(1)) return false;
+          break;  // TUPLE1
+        case 0x86:
+        case 0x81:
+        case 0x93:
+          if (!combine(2)) return false;
+          break;  // TUPLE2, NEWOBJ, STACK_GLOBAL
+        case 0x87:
+        case 0x92:
+          if (!combine(3)) return false;
+          break;  // TUPLE3, NEWOBJ_EX
+        case 'Q':
+          if (!combine(1)) return false;
+          break;   // BINPERSID
+        case 's':  // SETITEM: dict key value -> dict
           if (stack_.size() < 3 || stack_[stack_.size() - 2].mark || stack_.back().mark) return false;
           edits.push_back({stack_[stack_.size() - 2].start, 1, 0, "("});
           edits.push_back({at, 2, 1, "u"});
@@ -132,7 +232,8 @@ class Scanner {
   void push(size_t at) { stack_.push_back({at, false}); }
   uint64_t argument(size_t width) const {
     uint64_t n = 0;
-    for (size_t i = 0; i < width; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(p_[pos_ - width + i])) << (8 * i);
+    for (size_t i = 0; i < width; ++i)
+      n |= static_cast<uint64_t>(static_cast<unsigned char>(p_[pos_ - width + i])) << (8 * i);
     return n;
   }
   void memoize(uint64_t index) {

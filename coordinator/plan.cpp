@@ -11,7 +11,8 @@ namespace shardcast {
 namespace {
 
 bool pattern_matches(const std::string& pattern, const std::string& name) {
-  if (!pattern.empty() && pattern.back() == '*') return name.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
+  if (!pattern.empty() && pattern.back() == '*')
+    return name.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
   return name == pattern;
 }
 
@@ -20,7 +21,9 @@ DType target_dtype(DType source, const std::optional<DType>& requested) {
   return source;
 }
 
-void mix(uint64_t& h, uint64_t v) { h = (h ^ v) * 1099511628211ull; }
+void mix(uint64_t& h, uint64_t v) {
+  h = (h ^ v) * 1099511628211ull;
+}
 void mix(uint64_t& h, const std::string& s) {
   for (unsigned char c : s) mix(h, c);
   mix(h, 0xff);
@@ -35,8 +38,9 @@ bool tensor_selected(const std::string& name, const std::vector<std::string>& pa
 
 Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size, int node_count) {
   if (request.dtype && !(dtype_is_floating(*request.dtype) && can_cast(*request.dtype, DType::kF32))) {
-    throw Error(ErrorCode::kInvalidArgument,
-                fmt::format("dtype {} cannot be loaded into: use F16, BF16, F32, F64 or auto", dtype_name(*request.dtype)));
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        fmt::format("dtype {} cannot be loaded into: use F16, BF16, F32, F64 or auto", dtype_name(*request.dtype)));
   }
   for (const std::string& pattern : request.tensors) {
     bool any = std::any_of(catalog.tensors.begin(), catalog.tensors.end(),
@@ -52,8 +56,9 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
     PlannedSegment segment;
     segment.shard = s;
     for (const TensorInfo* t : shard_tensors_in_read_order(catalog, s)) {
-      if (request.only_listed ? std::find(request.tensors.begin(), request.tensors.end(), t->name) == request.tensors.end()
-                              : !tensor_selected(t->name, request.tensors)) {
+      if (request.only_listed
+              ? std::find(request.tensors.begin(), request.tensors.end(), t->name) == request.tensors.end()
+              : !tensor_selected(t->name, request.tensors)) {
         continue;
       }
       PlannedTensor p;
@@ -76,7 +81,8 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
   };
   std::vector<PlannedSegment*> by_size;
   for (PlannedSegment& segment : plan.segments) by_size.push_back(&segment);
-  std::stable_sort(by_size.begin(), by_size.end(), [](const PlannedSegment* a, const PlannedSegment* b) { return a->size > b->size; });
+  std::stable_sort(by_size.begin(), by_size.end(),
+                   [](const PlannedSegment* a, const PlannedSegment* b) { return a->size > b->size; });
   std::vector<uint64_t> node_load(std::max(1, node_count), 0);
   for (PlannedSegment* segment : by_size) {
     segment->owner_node = least_loaded(node_load);

@@ -43,7 +43,7 @@ struct PlannedSegment {
 };
 
 struct Plan {
-  std::vector<PlannedSegment> segments;     // one per shard holding a requested tensor
+  std::vector<PlannedSegment> segments;      // one per shard holding a requested tensor
   std::vector<std::vector<size_t>> batches;  // segment indices staged and released together
   uint64_t total_bytes = 0;                  // sum of segment sizes
   uint64_t layout_hash = 0;

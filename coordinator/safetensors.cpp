@@ -7,10 +7,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "core/error.h"
-#include "core/file.h"
 #include "coordinator/json_strict.h"
 #include "coordinator/tensor_data.h"
+#include "core/error.h"
+#include "core/file.h"
 
 namespace shardcast {
 namespace {
@@ -46,7 +46,8 @@ SafetensorsEntry parse_entry(const std::string& name, const json& value, const s
   }
 
   const json& offsets = value["data_offsets"];
-  if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
+  if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+      !offsets[1].is_number_unsigned()) {
     bad(fmt::format("data_offsets {} is not a list of two non-negative integers", offsets.dump()));
   }
   entry.begin = offsets[0].get<uint64_t>();
@@ -60,8 +61,8 @@ SafetensorsEntry parse_entry(const std::string& name, const json& value, const s
   uint64_t nbytes = numel * dtype_size(entry.dtype);
   if (entry.end - entry.begin != nbytes) {
     bad(fmt::format("data_offsets [{}, {}] hold {} bytes but {}{} needs {} ({} elements x {} bytes)", entry.begin,
-                    entry.end, entry.end - entry.begin, dtype_name(entry.dtype), shape_string(entry.shape), nbytes, numel,
-                    dtype_size(entry.dtype)));
+                    entry.end, entry.end - entry.begin, dtype_name(entry.dtype), shape_string(entry.shape), nbytes,
+                    numel, dtype_size(entry.dtype)));
   }
   return entry;
 }
@@ -121,8 +122,8 @@ SafetensorsHeader parse_safetensors_header(std::string_view text, uint64_t data_
       corrupt(label, fmt::format("tensor '{}': data ends at byte {} of the data section but the file holds {}",
                                  previous->name, expected, data_size));
     }
-    corrupt(label, fmt::format("tensors end at byte {} of the data section but it holds {}: {} trailing bytes", expected,
-                               data_size, data_size - expected));
+    corrupt(label, fmt::format("tensors end at byte {} of the data section but it holds {}: {} trailing bytes",
+                               expected, data_size, data_size - expected));
   }
   return header;
 }
@@ -154,7 +155,8 @@ std::string encode_safetensors_header(const std::vector<SafetensorsEntry>& tenso
   nlohmann::ordered_json root = nlohmann::ordered_json::object();
   if (!metadata.empty()) root["__metadata__"] = metadata;
   for (const SafetensorsEntry& t : tensors) {
-    root[t.name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
+    root[t.name] = {
+        {"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   }
   std::string text = root.dump();
   text.append((8 - text.size() % 8) % 8, ' ');

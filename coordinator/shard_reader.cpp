@@ -20,6 +20,19 @@ std::vector<const TensorInfo*> shard_tensors_in_read_order(const Catalog& catalo
   return tensors;
 }
 
+std::map<std::string, Bytes> decode_bin_shard(const Catalog& catalog, uint32_t shard) {
+  std::map<std::string, Bytes> decoded;
+  for (BinTensor& t : read_torch_bin(catalog.shards.at(shard).path)) decoded.emplace(t.name, std::move(t.bytes));
+  for (const TensorInfo& t : catalog.tensors) {
+    if (t.shard != shard) continue;
+    auto it = decoded.find(t.name);
+    if (it == decoded.end() || it->second.size != t.nbytes()) {
+      throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("tensor '{}' changed since the catalog was read", t.name));
+    }
+  }
+  return decoded;
+}
+
 void read_shard_tensors(const Catalog& catalog, uint32_t shard_index, const TensorVisitor& visit) {
   const ShardInfo& shard = catalog.shards.at(shard_index);
   const std::vector<const TensorInfo*> tensors = shard_tensors_in_read_order(catalog, shard_index);
@@ -36,16 +49,8 @@ void read_shard_tensors(const Catalog& catalog, uint32_t shard_index, const Tens
         visit(*t, Bytes::from_vector(std::move(buffer)));
       }
     } else {
-      std::map<std::string, Bytes> decoded;
-      for (BinTensor& t : read_torch_bin(shard.path)) decoded.emplace(t.name, std::move(t.bytes));
-      for (const TensorInfo* t : tensors) {
-        auto it = decoded.find(t->name);
-        if (it == decoded.end() || it->second.size != t->nbytes()) {
-          throw Error(ErrorCode::kCorruptCheckpoint,
-                      fmt::format("tensor '{}' changed since the catalog was read", t->name));
-        }
-        visit(*t, it->second);
-      }
+      std::map<std::string, Bytes> decoded = decode_bin_shard(catalog, shard_index);
+      for (const TensorInfo* t : tensors) visit(*t, decoded.at(t->name));
     }
   } catch (const Error& e) {
     throw e.with_context(shard_context(catalog, shard_index));

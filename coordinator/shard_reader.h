@@ -3,6 +3,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "coordinator/catalog.h"
@@ -12,6 +14,10 @@ namespace shardcast {
 // The tensors of one shard in the order read_shard_tensors visits them: by file offset (then name) for safetensors,
 // by name for .bin.
 std::vector<const TensorInfo*> shard_tensors_in_read_order(const Catalog& catalog, uint32_t shard);
+
+// A .bin shard decoded once: the bytes of each of its catalog tensors, by name. Throws kCorruptCheckpoint when the
+// file no longer holds what the catalog says.
+std::map<std::string, Bytes> decode_bin_shard(const Catalog& catalog, uint32_t shard);
 
 using TensorVisitor = std::function<void(const TensorInfo& tensor, const Bytes& bytes)>;
 

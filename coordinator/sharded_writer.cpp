@@ -84,18 +84,19 @@ std::string ShardedWriter::shard_file_name(size_t shard) const {
 
 void ShardedWriter::add(TensorData tensor) {
   if (finished_ || next_ >= specs_.size()) {
-    throw Error(ErrorCode::kInvalidArgument, fmt::format("tensor '{}' added after the last planned tensor", tensor.name));
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("tensor '{}' added after the last planned tensor", tensor.name));
   }
   const TensorSpec& spec = specs_[next_];
   if (tensor.name != spec.name || tensor.dtype != spec.dtype || tensor.shape != spec.shape) {
-    throw Error(ErrorCode::kInvalidArgument,
-                fmt::format("expected tensor '{}' {}{} next, got '{}' {}{}", spec.name, dtype_name(spec.dtype),
-                            shape_string(spec.shape), tensor.name, dtype_name(tensor.dtype), shape_string(tensor.shape)));
+    throw Error(ErrorCode::kInvalidArgument, fmt::format("expected tensor '{}' {}{} next, got '{}' {}{}", spec.name,
+                                                         dtype_name(spec.dtype), shape_string(spec.shape), tensor.name,
+                                                         dtype_name(tensor.dtype), shape_string(tensor.shape)));
   }
   if (tensor.bytes.size != spec.nbytes()) {
-    throw Error(ErrorCode::kInvalidArgument, fmt::format("tensor '{}': {} bytes given, {}{} needs {}", spec.name,
-                                                         tensor.bytes.size, dtype_name(spec.dtype),
-                                                         shape_string(spec.shape), spec.nbytes()));
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("tensor '{}': {} bytes given, {}{} needs {}", spec.name, tensor.bytes.size,
+                            dtype_name(spec.dtype), shape_string(spec.shape), spec.nbytes()));
   }
   size_t shard = shard_of_[next_];
   pending_[next_++] = std::move(tensor);

@@ -48,16 +48,16 @@ class ShardedWriter {
   std::vector<TensorSpec> specs_;
   WriterOptions options_;
   std::vector<std::vector<size_t>> plan_;
-  std::vector<size_t> shard_of_;        // tensor index -> shard
-  std::vector<size_t> missing_;         // per shard: tensors still to come
-  std::vector<TensorData> pending_;     // per tensor; cleared once its shard is written
+  std::vector<size_t> shard_of_;     // tensor index -> shard
+  std::vector<size_t> missing_;      // per shard: tensors still to come
+  std::vector<TensorData> pending_;  // per tensor; cleared once its shard is written
   size_t next_ = 0;
   bool finished_ = false;
   std::vector<std::filesystem::path> written_;
 };
 
 // All at once: plan, write every shard and the index.
-std::vector<std::filesystem::path> save_sharded(const std::vector<TensorData>& tensors, const std::filesystem::path& dir,
-                                                const WriterOptions& options = {});
+std::vector<std::filesystem::path> save_sharded(const std::vector<TensorData>& tensors,
+                                                const std::filesystem::path& dir, const WriterOptions& options = {});
 
 }  // namespace shardcast

@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-#include "coordinator/torch_bin.h"
+#include "coordinator/shard_reader.h"
 #include "core/dtype_cast.h"
 #include "core/file.h"
 
@@ -47,15 +47,10 @@ StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::ve
           stats.bytes_written += p.nbytes;
         }
       } else {
-        std::map<std::string, Bytes> decoded;
-        for (BinTensor& b : read_torch_bin(shard.path)) decoded.emplace(b.name, std::move(b.bytes));
+        std::map<std::string, Bytes> decoded = decode_bin_shard(catalog, segment.shard);
         for (const PlannedTensor& p : segment.tensors) {
           const TensorInfo& t = catalog.tensors[p.catalog_index];
-          auto it = decoded.find(t.name);
-          if (it == decoded.end() || it->second.size != t.nbytes()) {
-            throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("tensor '{}' changed since the catalog was read", t.name));
-          }
-          fill(t, p, it->second.data, data);
+          fill(t, p, decoded.at(t.name).data, data);
           ++stats.tensors;
           stats.bytes_written += p.nbytes;
         }

@@ -15,9 +15,10 @@ struct StageStats {
   uint64_t bytes_written = 0;  // into segments
 };
 
-// Fills, for every segment of `batch` owned by `node`, the tensors whose reader is `reader` (a local rank). segment_data[i] is the writable data of
-// plan.segments[i] (only the batch's entries are used). safetensors bytes are pread straight into the segment (through
-// a bounce buffer only when converting); a .bin shard is decoded once and copied in.
+// Fills, for every segment of `batch` owned by `node`, the tensors whose reader is `reader` (a local rank).
+// segment_data[i] is the writable data of plan.segments[i] (only the batch's entries are used). safetensors bytes are
+// pread straight into the segment (through a bounce buffer only when converting); a .bin shard is decoded once and
+// copied in.
 StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::vector<size_t>& batch, int node,
                          int reader, const std::vector<uint8_t*>& segment_data);
 

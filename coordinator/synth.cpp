@@ -25,20 +25,28 @@ uint64_t splitmix64(uint64_t& state) {
 }
 
 // Bit patterns of small finite numbers: sign, an exponent just below 1.0, random mantissa.
-uint16_t bf16_bits(uint64_t r) { return static_cast<uint16_t>(((r & 1) << 15) | ((120 + (r >> 1) % 7) << 7) | ((r >> 4) & 0x7f)); }
-uint16_t f16_bits(uint64_t r) { return static_cast<uint16_t>(((r & 1) << 15) | ((10 + (r >> 1) % 5) << 10) | ((r >> 4) & 0x3ff)); }
-uint32_t f32_bits(uint64_t r) { return static_cast<uint32_t>(((r & 1) << 31) | ((120 + (r >> 1) % 7) << 23) | ((r >> 8) & 0x7fffff)); }
-uint8_t f8_bits(uint64_t r) { return static_cast<uint8_t>(r & 0x3f); }  // sign 0, small exponent: finite in both F8s
+uint16_t bf16_bits(uint64_t r) {
+  return static_cast<uint16_t>(((r & 1) << 15) | ((120 + (r >> 1) % 7) << 7) | ((r >> 4) & 0x7f));
+}
+uint16_t f16_bits(uint64_t r) {
+  return static_cast<uint16_t>(((r & 1) << 15) | ((10 + (r >> 1) % 5) << 10) | ((r >> 4) & 0x3ff));
+}
+uint32_t f32_bits(uint64_t r) {
+  return static_cast<uint32_t>(((r & 1) << 31) | ((120 + (r >> 1) % 7) << 23) | ((r >> 8) & 0x7fffff));
+}
+uint8_t f8_bits(uint64_t r) {
+  return static_cast<uint8_t>(r & 0x3f);
+}  // sign 0, small exponent: finite in both F8s
 
 }  // namespace
 
 std::vector<TensorSpec> synth_layout(uint64_t size, bool torch_dtypes_only) {
   if (size < kSynthMinSize) {
-    throw Error(ErrorCode::kInvalidArgument,
-                fmt::format("synthetic checkpoint size {} is below the minimum of {}", format_size(size), format_size(kSynthMinSize)));
+    throw Error(ErrorCode::kInvalidArgument, fmt::format("synthetic checkpoint size {} is below the minimum of {}",
+                                                         format_size(size), format_size(kSynthMinSize)));
   }
-  // Hidden size h (a multiple of 64) so that about 8 layers plus embeddings fill the budget; then as many layers as fit.
-  // Per layer: 4 h x h attention + 3 h x 2h MLP projections in bf16, two f32 norms of h, an f16 table of h/2.
+  // Hidden size h (a multiple of 64) so that about 8 layers plus embeddings fill the budget; then as many layers as
+  // fit. Per layer: 4 h x h attention + 3 h x 2h MLP projections in bf16, two f32 norms of h, an f16 table of h/2.
   int64_t h = std::max<int64_t>(64, static_cast<int64_t>(std::sqrt(static_cast<double>(size) / 176.0)) / 64 * 64);
   const int64_t vocab = 4 * h;
   const uint64_t per_layer = 2 * (4 * h * h + 6 * h * h) + 2 * 4 * h + 2 * (h / 2);
@@ -62,7 +70,8 @@ std::vector<TensorSpec> synth_layout(uint64_t size, bool torch_dtypes_only) {
   uint64_t fixed = 2 * 2 * static_cast<uint64_t>(vocab * h) + 4 * static_cast<uint64_t>(h);
   for (const TensorSpec& e : extras) fixed += e.nbytes();
   if (fixed + per_layer > size) {
-    throw Error(ErrorCode::kInvalidArgument, fmt::format("synthetic checkpoint size {} is too small", format_size(size)));
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("synthetic checkpoint size {} is too small", format_size(size)));
   }
   const uint64_t layers = (size - fixed) / per_layer;
 

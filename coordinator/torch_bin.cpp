@@ -9,11 +9,11 @@
 #include <caffe2/serialize/file_adapter.h>
 #include <caffe2/serialize/inline_container.h>
 #include <fmt/format.h>
-#include <torch/csrc/jit/serialization/storage_context.h>
-#include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/csrc/jit/serialization/pickler.h>
+#include <torch/csrc/jit/serialization/storage_context.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
 
 #include "coordinator/pickle_compat.h"
 #include "coordinator/torch_dtype.h"
@@ -30,7 +30,8 @@ namespace {
 
 DType to_dtype(at::ScalarType type, const std::filesystem::path& path, const std::string& name) {
   auto dtype = from_scalar_type(type);
-  if (!dtype) corrupt(path, fmt::format("tensor '{}' has dtype {}, which shardcast does not load", name, c10::toString(type)));
+  if (!dtype)
+    corrupt(path, fmt::format("tensor '{}' has dtype {}, which shardcast does not load", name, c10::toString(type)));
   return *dtype;
 }
 
@@ -74,7 +75,8 @@ void check_view_fits(const std::filesystem::path& path, const std::string& name,
     if (t.size(d) < 0 || t.stride(d) < 0) corrupt(path, fmt::format("tensor '{}' has a negative size or stride", name));
     if (t.size(d) == 0) empty = true;
     uint64_t reach = 0;
-    if (t.size(d) > 0 && __builtin_mul_overflow(static_cast<uint64_t>(t.size(d) - 1), static_cast<uint64_t>(t.stride(d)), &reach)) {
+    if (t.size(d) > 0 &&
+        __builtin_mul_overflow(static_cast<uint64_t>(t.size(d) - 1), static_cast<uint64_t>(t.stride(d)), &reach)) {
       corrupt(path, fmt::format("tensor '{}' has a shape whose extent overflows", name));
     }
     if (__builtin_add_overflow(last, reach, &last)) corrupt(path, fmt::format("tensor '{}' extent overflows", name));
@@ -139,7 +141,8 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
 
   std::vector<std::pair<std::string, at::Tensor>> entries;
   for (const auto& item : root.toGenericDict()) {
-    if (!item.key().isString()) corrupt(path, fmt::format("state dict has a {} key, expected names", item.key().tagKind()));
+    if (!item.key().isString())
+      corrupt(path, fmt::format("state dict has a {} key, expected names", item.key().tagKind()));
     const std::string name = item.key().toStringRef();
     if (name == kPickleStateKey) continue;  // an OrderedDict's _metadata, see pickle_compat.h
     if (!item.value().isTensor()) {
@@ -182,9 +185,13 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
 
 }  // namespace
 
-std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) { return decode(path, true); }
+std::vector<BinTensor> read_torch_bin(const std::filesystem::path& path) {
+  return decode(path, true);
+}
 
-std::vector<BinTensor> read_torch_bin_metadata(const std::filesystem::path& path) { return decode(path, false); }
+std::vector<BinTensor> read_torch_bin_metadata(const std::filesystem::path& path) {
+  return decode(path, false);
+}
 
 void write_torch_bin(const std::filesystem::path& path, const std::vector<TensorData>& tensors) {
   c10::Dict<std::string, at::Tensor> dict;

@@ -13,7 +13,9 @@
 namespace shardcast {
 namespace {
 
-bool castable(DType d) { return d == DType::kF16 || d == DType::kBF16 || d == DType::kF32 || d == DType::kF64; }
+bool castable(DType d) {
+  return d == DType::kF16 || d == DType::kBF16 || d == DType::kF32 || d == DType::kF64;
+}
 
 template <typename T>
 float load_as_float(const void* p, size_t i) {
@@ -36,7 +38,9 @@ double load_double(const void* src, DType from, size_t i) {
 
 }  // namespace
 
-bool can_cast(DType from, DType to) { return from == to || (castable(from) && castable(to)); }
+bool can_cast(DType from, DType to) {
+  return from == to || (castable(from) && castable(to));
+}
 
 void cast_elements(const void* src, DType from, void* dst, DType to, size_t count) {
   if (!can_cast(from, to)) {

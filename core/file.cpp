@@ -15,7 +15,9 @@
 
 namespace shardcast {
 
-File::~File() { close(); }
+File::~File() {
+  close();
+}
 
 File::File(File&& other) noexcept : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
 
@@ -71,7 +73,8 @@ void File::read_exact_at(void* dst, size_t n, uint64_t offset) const {
     ssize_t got = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
     if (got < 0) {
       if (errno == EINTR) continue;
-      throw_system_error("pread", fmt::format("{}' at byte {}, {} bytes", path_.string(), offset + done, n - done), errno);
+      throw_system_error("pread", fmt::format("{}' at byte {}, {} bytes", path_.string(), offset + done, n - done),
+                         errno);
     }
     if (got == 0) {
       throw Error(ErrorCode::kCorruptCheckpoint,

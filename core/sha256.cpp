@@ -25,13 +25,15 @@ Sha256::Sha256(Sha256&&) noexcept = default;
 Sha256& Sha256::operator=(Sha256&&) noexcept = default;
 
 void Sha256::update(const void* data, size_t size) {
-  if (size > 0 && EVP_DigestUpdate(impl_->ctx, data, size) != 1) throw Error(ErrorCode::kSystem, "OpenSSL: SHA-256 update failed");
+  if (size > 0 && EVP_DigestUpdate(impl_->ctx, data, size) != 1)
+    throw Error(ErrorCode::kSystem, "OpenSSL: SHA-256 update failed");
 }
 
 std::string Sha256::hex_digest() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
-  if (EVP_DigestFinal_ex(impl_->ctx, digest, &length) != 1) throw Error(ErrorCode::kSystem, "OpenSSL: SHA-256 final failed");
+  if (EVP_DigestFinal_ex(impl_->ctx, digest, &length) != 1)
+    throw Error(ErrorCode::kSystem, "OpenSSL: SHA-256 final failed");
   std::string hex;
   hex.reserve(2 * length);
   for (unsigned int i = 0; i < length; ++i) fmt::format_to(std::back_inserter(hex), "{:02x}", digest[i]);

@@ -23,8 +23,9 @@ bool iends_with(std::string_view text, std::string_view suffix) {
 
 uint64_t parse_size(std::string_view text) {
   auto invalid = [&](std::string_view why) {
-    return Error(ErrorCode::kInvalidArgument,
-                 fmt::format("size '{}' {}; write bytes (1000000) or a number with a unit: 200MB, 5GB, 2GiB", text, why));
+    return Error(
+        ErrorCode::kInvalidArgument,
+        fmt::format("size '{}' {}; write bytes (1000000) or a number with a unit: 200MB, 5GB, 2GiB", text, why));
   };
   struct Unit {
     std::string_view suffix;
@@ -32,9 +33,9 @@ uint64_t parse_size(std::string_view text) {
   };
   // Longest suffixes first so "GIB" is not taken for "B".
   static constexpr Unit kUnits[] = {
-      {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40},
-      {"KB", 1000ull},     {"MB", 1000000ull},  {"GB", 1000000000ull}, {"TB", 1000000000000ull},
-      {"B", 1},
+      {"KIB", 1ull << 10},   {"MIB", 1ull << 20},      {"GIB", 1ull << 30},
+      {"TIB", 1ull << 40},   {"KB", 1000ull},          {"MB", 1000000ull},
+      {"GB", 1000000000ull}, {"TB", 1000000000000ull}, {"B", 1},
   };
   std::string_view digits = text;
   uint64_t factor = 1;

@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
     shardcast::LoadReport report = session.load_into(model, checkpoint, options, /*strict=*/true);
 
     bool same = true;
-    for (const auto& p : reference.named_parameters()) same &= torch::equal(p.value(), model.named_parameters()[p.key()]);
+    for (const auto& p : reference.named_parameters())
+      same &= torch::equal(p.value(), model.named_parameters()[p.key()]);
     std::printf("rank %d/%d (local %d/%d): loaded %zu tensors, %zu missing, %zu unexpected; weights %s\n", topo.rank,
                 topo.world_size, topo.local_rank, topo.local_size, report.loaded, report.missing_keys.size(),
                 report.unexpected_keys.size(), same ? "match" : "DIFFER");

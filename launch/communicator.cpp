@@ -8,7 +8,9 @@
 
 namespace shardcast {
 
-void Communicator::barrier(const std::string& what, Timeout timeout) { all_gather("", what, timeout); }
+void Communicator::barrier(const std::string& what, Timeout timeout) {
+  all_gather("", what, timeout);
+}
 
 std::string Communicator::node_key(Timeout) {
   char host[256] = {};
@@ -32,6 +34,8 @@ class SelfCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_self_communicator() { return std::make_unique<SelfCommunicator>(); }
+std::unique_ptr<Communicator> make_self_communicator() {
+  return std::make_unique<SelfCommunicator>();
+}
 
 }  // namespace shardcast

@@ -59,7 +59,8 @@ class MpiCommunicator final : public Communicator {
       displacements[r] = static_cast<int>(total);
       total += sizes[r];
     }
-    if (total > INT_MAX) throw Error(ErrorCode::kInvalidArgument, fmt::format("all_gather '{}' of {} bytes", what, total));
+    if (total > INT_MAX)
+      throw Error(ErrorCode::kInvalidArgument, fmt::format("all_gather '{}' of {} bytes", what, total));
     std::string all(static_cast<size_t>(total), '\0');
     check(MPI_Iallgatherv(mine.data(), my_size, MPI_BYTE, all.data(), sizes.data(), displacements.data(), MPI_BYTE,
                           comm_, &request),
@@ -121,7 +122,8 @@ class MpiCommunicator final : public Communicator {
         std::fprintf(stderr,
                      "shardcast: error: rank %d of %d timed out after %lld s in '%s': another rank died or is stuck "
                      "(MPI does not say which); aborting the job\n",
-                     rank_, size_, static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()),
+                     rank_, size_,
+                     static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()),
                      what.c_str());
         MPI_Abort(MPI_COMM_WORLD, 3);
       }

@@ -60,7 +60,8 @@ class StoreCommunicator final : public Communicator {
       if (c == color) members.emplace_back(k, r);
     }
     std::sort(members.begin(), members.end());
-    int new_rank = static_cast<int>(std::find(members.begin(), members.end(), std::make_pair(key, rank_)) - members.begin());
+    int new_rank =
+        static_cast<int>(std::find(members.begin(), members.end(), std::make_pair(key, rank_)) - members.begin());
     return std::make_unique<StoreCommunicator>(store_, fmt::format("{}/split{}/{}", prefix_, split_id, color), new_rank,
                                                static_cast<int>(members.size()));
   }
@@ -93,7 +94,8 @@ class StoreCommunicator final : public Communicator {
     throw Error(ErrorCode::kTimeout,
                 fmt::format("rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}", rank_, size_,
                             std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), what,
-                            missing.empty() ? std::string("(the store did not answer)") : fmt::format("{}", fmt::join(missing, ", "))));
+                            missing.empty() ? std::string("(the store did not answer)")
+                                            : fmt::format("{}", fmt::join(missing, ", "))));
   }
 
   c10::intrusive_ptr<c10d::Store> store_;

@@ -37,8 +37,8 @@ std::string sanitize_job_id(const std::string& id) {
 }
 
 std::string Topology::describe() const {
-  return fmt::format("rank {}/{} (local {}/{}) on node {}/{}, job '{}', via {}", rank, world_size, local_rank, local_size,
-                     node, node_count, job_id, launcher);
+  return fmt::format("rank {}/{} (local {}/{}) on node {}/{}, job '{}', via {}", rank, world_size, local_rank,
+                     local_size, node, node_count, job_id, launcher);
 }
 
 Group make_group(std::unique_ptr<Communicator> world, Timeout timeout) {
@@ -56,7 +56,8 @@ Group make_group(std::unique_ptr<Communicator> world, Timeout timeout) {
   std::string key = world->node_key(timeout);
   if (!env("SHARDCAST_RANKS_PER_NODE").empty()) {
     const int per_node = std::atoi(env("SHARDCAST_RANKS_PER_NODE").c_str());
-    if (per_node <= 0) throw Error(ErrorCode::kInvalidArgument, "SHARDCAST_RANKS_PER_NODE must be a positive number of ranks");
+    if (per_node <= 0)
+      throw Error(ErrorCode::kInvalidArgument, "SHARDCAST_RANKS_PER_NODE must be a positive number of ranks");
     key = fmt::format("virtual-node-{}", t.rank / per_node);
   }
   auto keys = world->all_gather(key, "node grouping", timeout);

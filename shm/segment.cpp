@@ -12,10 +12,10 @@
 #include <cstdio>
 #include <cstring>
 
+#include <fmt/format.h>
 #include <boost/interprocess/file_mapping.hpp>
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
-#include <fmt/format.h>
 
 #include "core/error.h"
 #include "core/size.h"
@@ -37,7 +37,9 @@ struct Segment::Mapping {
 
 namespace {
 
-bool posix(const Location& location) { return location.dir.empty(); }
+bool posix(const Location& location) {
+  return location.dir.empty();
+}
 
 bip::mode_t boost_mode(Access access) {
   switch (access) {
@@ -54,7 +56,9 @@ bip::mode_t boost_mode(Access access) {
   throw Error(ErrorCode::kSystem, fmt::format("{}('{}') failed: {}", call, subject, e.what()));
 }
 
-fs::path backing_path(const std::string& name, const Location& location) { return location.filesystem() / name; }
+fs::path backing_path(const std::string& name, const Location& location) {
+  return location.filesystem() / name;
+}
 
 // Takes the creator's shared lock on a duplicate of fd (which the caller may close).
 int hold_creator_lock(int fd, const std::string& where) {
@@ -162,7 +166,9 @@ bool read_header(const std::string& name, const Location& location, SegmentHeade
 
 }  // namespace
 
-std::string Location::describe() const { return dir.empty() ? "/dev/shm" : dir.string(); }
+std::string Location::describe() const {
+  return dir.empty() ? "/dev/shm" : dir.string();
+}
 
 Segment::Segment(std::string name, Location location, std::unique_ptr<Mapping> mapping, bool owns_name)
     : name_(std::move(name)), location_(std::move(location)), mapping_(std::move(mapping)), owns_name_(owns_name) {
@@ -218,7 +224,8 @@ std::shared_ptr<Segment> Segment::attach(const std::string& name, uint64_t layou
   uint64_t size = 0;
   auto mapping = map_existing(name, location, access, &size);
   const std::string where = location.describe() + "/" + name;
-  if (!mapping) throw Error(ErrorCode::kSystem, fmt::format("segment '{}' is {} bytes, smaller than its header", where, size));
+  if (!mapping)
+    throw Error(ErrorCode::kSystem, fmt::format("segment '{}' is {} bytes, smaller than its header", where, size));
   auto segment = std::shared_ptr<Segment>(new Segment(name, location, std::move(mapping), /*owns_name=*/false));
   const SegmentHeader& h = segment->header();
   if (h.magic != kSegmentMagic || h.version != kSegmentVersion || h.header_size != kHeaderBytes) {
@@ -252,10 +259,7 @@ SegmentState Segment::state() const {
   return static_cast<SegmentState>(__atomic_load_n(&header().state, __ATOMIC_ACQUIRE));
 }
 
-void Segment::set_state(SegmentState state, const std::string& failure) {
-  if (state == SegmentState::kFailed) {
-    std::snprintf(header().failure, sizeof(header().failure), "%s", failure.c_str());
-  }
+void Segment::set_state(SegmentState state) {
   __atomic_store_n(&header().state, static_cast<uint32_t>(state), __ATOMIC_RELEASE);
 }
 
@@ -293,7 +297,10 @@ std::vector<Orphan> find_orphans(const Location& location) {
     SegmentHeader h{};
     uint64_t size = 0;
     bool has_header = read_header(name, location, &h, &size);
-    orphans.push_back({name, has_header ? h.creator_pid : 0, size});
+    std::string state = !has_header                                              ? "no header"
+                        : h.state == static_cast<uint32_t>(SegmentState::kReady) ? "ready"
+                                                                                 : "filling";
+    orphans.push_back({name, has_header ? h.creator_pid : 0, size, state});
   }
   return orphans;
 }

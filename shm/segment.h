@@ -26,7 +26,8 @@ enum class Access {
   kCopyOnWrite,  // private mapping: a rank's writes stay in that rank
 };
 
-enum class SegmentState : uint32_t { kFilling = 1, kReady = 2, kFailed = 3 };
+// Informational (shown by `shardcast gc`): ranks synchronise through the communicator, not by polling this.
+enum class SegmentState : uint32_t { kFilling = 1, kReady = 2 };
 
 // The first page of every segment. Trivially copyable and checked on attach, as tensorpipe's ShmSegment.
 struct SegmentHeader {
@@ -36,8 +37,7 @@ struct SegmentHeader {
   uint64_t data_size;
   uint64_t layout_hash;  // fingerprint of what the segment holds; attach refuses a segment of another plan
   int32_t creator_pid;
-  uint32_t state;        // SegmentState, accessed atomically
-  char failure[1024];    // set with kFailed
+  uint32_t state;  // SegmentState, accessed atomically
 };
 static_assert(sizeof(SegmentHeader) <= 4096, "the header must fit the first page");
 
@@ -49,7 +49,8 @@ class Segment {
  public:
   // Creates `name` with mode 0600 and header + data_size bytes, all allocated now (so a full filesystem fails here,
   // not as SIGBUS later). The creator holds a shared flock on it while it owns the name. An existing segment of that
-  // name whose creator lock is free (the creator is gone) is removed first; a held one is an error. The name is unlinked again by the destructor unless release_name() ran.
+  // name whose creator lock is free (the creator is gone) is removed first; a held one is an error. The name is
+  // unlinked again by the destructor unless release_name() ran.
   static std::shared_ptr<Segment> create(const std::string& name, uint64_t data_size, uint64_t layout_hash,
                                          const Location& location);
   // Maps an existing segment; checks magic, version, size and layout_hash.
@@ -68,7 +69,7 @@ class Segment {
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
 
   SegmentState state() const;
-  void set_state(SegmentState state, const std::string& failure = "");
+  void set_state(SegmentState state);
 
   // The creator gives up the name once every rank has attached; the destructor then leaves it alone.
   void release_name();
@@ -98,6 +99,7 @@ struct Orphan {
   std::string name;
   int creator_pid = 0;
   uint64_t bytes = 0;
+  std::string state;  // "filling" (the job died while staging), "ready", or "no header"
 };
 std::vector<Orphan> find_orphans(const Location& location);
 std::vector<Orphan> remove_orphans(const Location& location);

@@ -12,7 +12,8 @@ void add_convert(CLI::App& app) {
   static std::string src, dst, max_shard = "5GB", dtype;
   cmd->add_option("SRC", src, "source checkpoint (safetensors or .bin)")->required();
   cmd->add_option("DST", dst, "new or empty output directory")->required();
-  cmd->add_option("--max-shard-size", max_shard, "largest shard: bytes, or 200MB (10^6), 2GiB (2^30)")->capture_default_str();
+  cmd->add_option("--max-shard-size", max_shard, "largest shard: bytes, or 200MB (10^6), 2GiB (2^30)")
+      ->capture_default_str();
   cmd->add_option("--dtype", dtype, "cast floating tensors to bf16, f16, f32 or f64 (ints and bools keep theirs)");
   cmd->callback([] {
     ConvertOptions options;

@@ -8,7 +8,8 @@
 namespace shardcast::cli {
 
 void add_digest(CLI::App& app) {
-  auto* cmd = app.add_subcommand("digest", "One line per tensor: name, dtype, shape, sha256 of its bytes (sorted by name)");
+  auto* cmd =
+      app.add_subcommand("digest", "One line per tensor: name, dtype, shape, sha256 of its bytes (sorted by name)");
   static std::string path;
   static std::string out;
   cmd->add_option("PATH", path, "checkpoint directory, index file, or .safetensors/.bin file")->required();

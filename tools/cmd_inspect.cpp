@@ -32,14 +32,17 @@ void run_inspect(const std::string& path, bool as_json) {
   }
   std::map<std::string, std::string> metadata;
   for (const ShardInfo& s : catalog.shards) metadata.insert(s.metadata.begin(), s.metadata.end());
-  size_t tied = std::count_if(catalog.tensors.begin(), catalog.tensors.end(), [](const TensorInfo& t) { return !t.tied_to.empty(); });
+  size_t tied = std::count_if(catalog.tensors.begin(), catalog.tensors.end(),
+                              [](const TensorInfo& t) { return !t.tied_to.empty(); });
 
   if (as_json) {
     nlohmann::ordered_json out;
     out["path"] = path;
     out["format"] = format_name(catalog.format);
-    out["index"] = catalog.index_path.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(catalog.index_path.string());
-    out["index_total_size"] = catalog.index_total_size ? nlohmann::ordered_json(*catalog.index_total_size) : nlohmann::ordered_json(nullptr);
+    out["index"] = catalog.index_path.empty() ? nlohmann::ordered_json(nullptr)
+                                              : nlohmann::ordered_json(catalog.index_path.string());
+    out["index_total_size"] =
+        catalog.index_total_size ? nlohmann::ordered_json(*catalog.index_total_size) : nlohmann::ordered_json(nullptr);
     out["tensor_count"] = catalog.tensors.size();
     out["tied_tensors"] = tied;
     out["tensor_bytes"] = catalog.tensor_bytes();
@@ -55,20 +58,23 @@ void run_inspect(const std::string& path, bool as_json) {
   }
   fmt::print("checkpoint   {}\n", path);
   fmt::print("format       {}{}\n", format_name(catalog.format),
-             catalog.index_path.empty() ? " (single file)" : fmt::format(" (index {})", catalog.index_path.filename().string()));
+             catalog.index_path.empty() ? " (single file)"
+                                        : fmt::format(" (index {})", catalog.index_path.filename().string()));
   fmt::print("shards       {}, {} on disk, largest {} ({})\n", catalog.shards.size(), format_size(total_file_bytes),
              format_size(largest->file_size), largest->file);
   fmt::print("tensors      {} holding {}{}\n", catalog.tensors.size(), format_size(catalog.tensor_bytes()),
              tied ? fmt::format(" ({} tied to another name)", tied) : "");
   if (catalog.index_total_size) fmt::print("total_size   {} (index metadata)\n", *catalog.index_total_size);
   fmt::print("dtypes\n");
-  for (const auto& [name, s] : dtypes) fmt::print("  {:<8} {:>6} tensors  {:>10}\n", name, s.tensors, format_size(s.bytes));
+  for (const auto& [name, s] : dtypes)
+    fmt::print("  {:<8} {:>6} tensors  {:>10}\n", name, s.tensors, format_size(s.bytes));
   if (!metadata.empty()) {
     fmt::print("metadata\n");
     for (const auto& [k, v] : metadata) fmt::print("  {} = {}\n", k, v);
   }
   fmt::print("files\n");
-  for (const ShardInfo& s : catalog.shards) fmt::print("  {:<40} {:>10}  {} tensors\n", s.file, format_size(s.file_size), s.tensor_count);
+  for (const ShardInfo& s : catalog.shards)
+    fmt::print("  {:<40} {:>10}  {} tensors\n", s.file, format_size(s.file_size), s.tensor_count);
 }
 
 }  // namespace

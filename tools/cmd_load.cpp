@@ -2,6 +2,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -34,6 +36,23 @@ void write_text(const std::string& path, const std::string& text) {
   std::filesystem::remove(path, ec);
   File file = File::create_exclusive(path);
   file.write_all(text.data(), text.size());
+}
+
+// This process's proportional share of anonymous and shared (tmpfs) memory, from /proc/self/smaps_rollup: summed over
+// the ranks of a node it is what the load holds, whatever else runs on the machine.
+std::map<std::string, uint64_t> proportional_memory() {
+  std::map<std::string, uint64_t> out;
+  std::ifstream in("/proc/self/smaps_rollup");
+  std::string key;
+  uint64_t kb = 0;
+  std::string unit;
+  std::getline(in, key);  // the "[rollup]" address line
+  while (in >> key >> kb >> unit) {
+    if (key == "Pss_Anon:") out["pss_anon_bytes"] = kb * 1024;
+    if (key == "Pss_Shmem:") out["pss_shmem_bytes"] = kb * 1024;
+    if (key == "Pss_File:") out["pss_file_bytes"] = kb * 1024;
+  }
+  return out;
 }
 
 uint64_t peak_rss_bytes() {
@@ -94,6 +113,7 @@ void run_load(const LoadArgs& args) {
     report["rank_bytes_staged"] = stats.rank_bytes_staged;
     report["rank_bytes_read"] = stats.rank_bytes_read;
     report["peak_rss_bytes"] = peak_rss_bytes();
+    for (const auto& [key, bytes] : proportional_memory()) report[key] = bytes;  // measured while the tensors live
     write_text(expand(args.report_out, topo.rank), report.dump(2) + "\n");
   }
   if (topo.rank == 0) {
@@ -112,7 +132,8 @@ void add_load(CLI::App& app) {
   cmd->add_option("--placement", args.placement, "shared (zero-copy, read-only), cow (copy-on-write) or private")
       ->check(CLI::IsMember({"shared", "cow", "private"}))
       ->capture_default_str();
-  cmd->add_option("--dtype", args.dtype, "auto keeps the checkpoint's; bf16, f16, f32, f64 convert floats once per node")
+  cmd->add_option("--dtype", args.dtype,
+                  "auto keeps the checkpoint's; bf16, f16, f32, f64 convert floats once per node")
       ->capture_default_str();
   cmd->add_option("--tensors", args.tensors, "load only these names (a trailing * matches a prefix)");
   cmd->add_option("--shm-dir", args.shm_dir, "put segments in files in this directory instead of /dev/shm");

@@ -13,14 +13,18 @@ void add_synth(CLI::App& app) {
   cmd->add_option("DIR", dir, "new or empty output directory")->required();
   cmd->add_option("--size", size, "total tensor bytes")->capture_default_str();
   cmd->add_option("--max-shard-size", max_shard, "largest shard (default: a quarter of --size)");
-  cmd->add_option("--format", format, "safetensors or bin")->check(CLI::IsMember({"safetensors", "bin"}))->capture_default_str();
-  cmd->add_option("--dtypes", dtypes, "all: every safetensors dtype; torch: only what Debian's LibTorch 1.13 loads (no U16/U32/U64/F8)")
+  cmd->add_option("--format", format, "safetensors or bin")
+      ->check(CLI::IsMember({"safetensors", "bin"}))
+      ->capture_default_str();
+  cmd->add_option("--dtypes", dtypes,
+                  "all: every safetensors dtype; torch: only what Debian's LibTorch 1.13 loads (no U16/U32/U64/F8)")
       ->check(CLI::IsMember({"all", "torch"}))
       ->capture_default_str();
   cmd->callback([] {
     uint64_t bytes = parse_size(size);
     uint64_t shard = max_shard.empty() ? 0 : parse_size(max_shard);
-    synthesize_checkpoint(dir, bytes, shard, format == "bin" ? CheckpointFormat::kTorchBin : CheckpointFormat::kSafetensors,
+    synthesize_checkpoint(dir, bytes, shard,
+                          format == "bin" ? CheckpointFormat::kTorchBin : CheckpointFormat::kSafetensors,
                           dtypes == "torch");
     fmt::print("wrote a {} {} checkpoint to {}\n", format_size(bytes), format, dir);
   });

@@ -35,9 +35,10 @@ GpuInfo query_gpu_info() {
 std::string describe(const GpuInfo& info) {
   if (!info.built_with_cuda) return info.problem;
   auto version = [](int v) { return v ? fmt::format("{}.{}", v / 1000, v % 1000 / 10) : std::string("none"); };
-  std::string text = fmt::format("CUDA runtime {}, driver {}, NCCL {}.{}.{}, {} device(s)", version(info.cuda_runtime_version),
-                                 version(info.cuda_driver_version), info.nccl_version / 10000,
-                                 info.nccl_version / 100 % 100, info.nccl_version % 100, info.device_count);
+  std::string text =
+      fmt::format("CUDA runtime {}, driver {}, NCCL {}.{}.{}, {} device(s)", version(info.cuda_runtime_version),
+                  version(info.cuda_driver_version), info.nccl_version / 10000, info.nccl_version / 100 % 100,
+                  info.nccl_version % 100, info.device_count);
   if (!info.problem.empty()) text += fmt::format(" ({})", info.problem);
   return text;
 }

@@ -12,7 +12,7 @@ struct GpuInfo {
   int cuda_driver_version = 0;   // 0 when no driver is installed
   int nccl_version = 0;          // e.g. 22805
   int device_count = 0;
-  std::string problem;           // why no device is usable, empty when device_count > 0
+  std::string problem;  // why no device is usable, empty when device_count > 0
 };
 
 GpuInfo query_gpu_info();

@@ -56,14 +56,15 @@ Placement parse_placement(const std::string& name) {
 void NodeLoader::agree(const std::string& step, const std::string& my_error, Timeout timeout) {
   // Job-wide: a failure on any node stops every node (the exchange between nodes would otherwise wait for it).
   const Topology& t = group_.topology;
-  const std::string mine = my_error.empty() ? "" : fmt::format("(local rank {} of node {}) {}", t.local_rank, t.node, my_error);
+  const std::string mine =
+      my_error.empty() ? "" : fmt::format("(local rank {} of node {}) {}", t.local_rank, t.node, my_error);
   auto outcomes = group_.world->all_gather(mine, step, timeout);
   if (!my_error.empty()) return;  // the caller rethrows its own error
   for (int r = 0; r < static_cast<int>(outcomes.size()); ++r) {
     if (outcomes[r].empty()) continue;
-    throw Error(ErrorCode::kRemoteRankFailed, fmt::format("rank {} {} failed in '{}': {}", r,
-                                                          outcomes[r].substr(0, outcomes[r].find(')') + 1), step,
-                                                          outcomes[r].substr(outcomes[r].find(')') + 2)));
+    throw Error(ErrorCode::kRemoteRankFailed,
+                fmt::format("rank {} {} failed in '{}': {}", r, outcomes[r].substr(0, outcomes[r].find(')') + 1), step,
+                            outcomes[r].substr(outcomes[r].find(')') + 2)));
   }
 }
 
@@ -126,83 +127,100 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
     // 3. The leader checks room and creates the batch's segments, fully allocated.
     start = Clock::now();
     std::vector<std::shared_ptr<shm::Segment>> created(plan.segments.size());
-    check("create segments", attempt([&] {
-            step("create");
-            if (!topo.is_node_leader()) return;
-            if (load_id == 0 && b == 0) shm::remove_orphans(options.location);
-            uint64_t bytes = 0;
-            for (size_t i : batch) bytes += shm::kHeaderBytes + plan.segments[i].size;
-            shm::check_free_space(options.location, bytes, fmt::format("checkpoint '{}'", checkpoint.string()));
-            for (size_t i : batch) {
-              created[i] = shm::Segment::create(segment_name(i), plan.segments[i].size, plan.layout_hash, options.location);
-            }
-          }, &own));
+    check("create segments",
+          attempt(
+              [&] {
+                step("create");
+                if (!topo.is_node_leader()) return;
+                if (load_id == 0 && b == 0) shm::remove_orphans(options.location);
+                uint64_t bytes = 0;
+                for (size_t i : batch) bytes += shm::kHeaderBytes + plan.segments[i].size;
+                shm::check_free_space(options.location, bytes, fmt::format("checkpoint '{}'", checkpoint.string()));
+                for (size_t i : batch) {
+                  created[i] =
+                      shm::Segment::create(segment_name(i), plan.segments[i].size, plan.layout_hash, options.location);
+                }
+              },
+              &own));
     create_s += seconds_since(start);
 
     // 4. Every local rank fills the tensors the plan gave it.
     start = Clock::now();
-    check("stage", attempt([&] {
-            step("stage");
-            std::vector<std::shared_ptr<shm::Segment>> writable(plan.segments.size());
-            std::vector<uint8_t*> data(plan.segments.size(), nullptr);
-            for (size_t i : batch) {
-              writable[i] = created[i] ? created[i]
-                                       : shm::Segment::attach(segment_name(i), plan.layout_hash, shm::Access::kReadWrite,
-                                                              options.location);
-              data[i] = writable[i]->data();
-            }
-            StageStats s = stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data);
-            stats.rank_bytes_staged += s.bytes_written;
-          }, &own));
+    check("stage", attempt(
+                       [&] {
+                         step("stage");
+                         std::vector<std::shared_ptr<shm::Segment>> writable(plan.segments.size());
+                         std::vector<uint8_t*> data(plan.segments.size(), nullptr);
+                         for (size_t i : batch) {
+                           writable[i] = created[i] ? created[i]
+                                                    : shm::Segment::attach(segment_name(i), plan.layout_hash,
+                                                                           shm::Access::kReadWrite, options.location);
+                           data[i] = writable[i]->data();
+                         }
+                         StageStats s = stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data);
+                         stats.rank_bytes_staged += s.bytes_written;
+                       },
+                       &own));
     stage_s += seconds_since(start);
 
     // 4b. Across nodes, each segment was read by its owner node only: the leaders send it to the others.
     if (topo.node_count > 1) {
       start = Clock::now();
-      check("exchange", attempt([&] {
-              step("exchange");
-              if (!topo.is_node_leader()) return;
-              for (size_t i : batch) {
-                uint8_t* data = created[i]->data();
-                const uint64_t size = plan.segments[i].size;
-                for (uint64_t offset = 0; offset < size; offset += kExchangeChunk) {
-                  group_.leaders->broadcast(data + offset, std::min(kExchangeChunk, size - offset),
-                                            plan.segments[i].owner_node, fmt::format("exchange segment {}", i), timeout);
-                }
-              }
-            }, &own));
+      check("exchange", attempt(
+                            [&] {
+                              step("exchange");
+                              if (!topo.is_node_leader()) return;
+                              for (size_t i : batch) {
+                                uint8_t* data = created[i]->data();
+                                const uint64_t size = plan.segments[i].size;
+                                for (uint64_t offset = 0; offset < size; offset += kExchangeChunk) {
+                                  group_.leaders->broadcast(data + offset, std::min(kExchangeChunk, size - offset),
+                                                            plan.segments[i].owner_node,
+                                                            fmt::format("exchange segment {}", i), timeout);
+                                }
+                              }
+                            },
+                            &own));
       exchange_s += seconds_since(start);
     }
 
     // 5. The leader marks the segments ready; every rank maps them for its placement; then the names go away.
     start = Clock::now();
     std::vector<LoadedTensor> tensors;
-    check("attach", attempt([&] {
-            step("attach");
-            for (size_t i : batch) {
-              if (created[i]) created[i]->set_state(shm::SegmentState::kReady);
-            }
-            for (size_t i : batch) {
-              auto mapping = shm::Segment::attach(segment_name(i), plan.layout_hash, access, options.location);
-              for (const PlannedTensor& p : plan.segments[i].tensors) {
-                tensors.push_back({&catalog_.tensors[p.catalog_index], p.dtype, mapping->data() + p.offset, p.nbytes, mapping});
-              }
-            }
-          }, &own));
+    check("attach", attempt(
+                        [&] {
+                          step("attach");
+                          for (size_t i : batch) {
+                            if (created[i]) created[i]->set_state(shm::SegmentState::kReady);
+                          }
+                          for (size_t i : batch) {
+                            auto mapping =
+                                shm::Segment::attach(segment_name(i), plan.layout_hash, access, options.location);
+                            for (const PlannedTensor& p : plan.segments[i].tensors) {
+                              tensors.push_back({&catalog_.tensors[p.catalog_index], p.dtype,
+                                                 mapping->data() + p.offset, p.nbytes, mapping});
+                            }
+                          }
+                        },
+                        &own));
     // Everyone has attached: unlink now, so a crash from here on leaves nothing in /dev/shm.
-    check("release", attempt([&] {
-            for (size_t i : batch) {
-              if (created[i]) created[i]->release_name();
-            }
-          }, &own));
+    check("release", attempt(
+                         [&] {
+                           for (size_t i : batch) {
+                             if (created[i]) created[i]->release_name();
+                           }
+                         },
+                         &own));
     created.clear();
     attach_s += seconds_since(start);
 
     start = Clock::now();
-    check("materialize", attempt([&] {
-            step("materialize");
-            consume(tensors);
-          }, &own));
+    check("materialize", attempt(
+                             [&] {
+                               step("materialize");
+                               consume(tensors);
+                             },
+                             &own));
     consume_s += seconds_since(start);
   }
   stats.phases.push_back({"create", create_s});

@@ -41,7 +41,9 @@ NodeLoadOptions node_options(const LoadOptions& o) {
   return n;
 }
 
-std::string shape_text(at::IntArrayRef shape) { return shape_string(shape.vec()); }
+std::string shape_text(at::IntArrayRef shape) {
+  return shape_string(shape.vec());
+}
 
 }  // namespace
 
@@ -78,8 +80,12 @@ Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;
 
-const Topology& Session::topology() const { return impl_->group.topology; }
-const LoadStats& Session::last_stats() const { return impl_->last; }
+const Topology& Session::topology() const {
+  return impl_->group.topology;
+}
+const LoadStats& Session::last_stats() const {
+  return impl_->last;
+}
 
 StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptions& options) {
   const NodeLoadOptions n = node_options(options);
@@ -125,7 +131,8 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
     for (const auto& [name, tensor] : targets) {
       if (!tie_found[tensor.unsafeGetTensorImpl()]) report.missing_keys.push_back(name);
     }
-    if (strict && (!report.missing_keys.empty() || !report.unexpected_keys.empty() || !report.mismatched_keys.empty())) {
+    if (strict &&
+        (!report.missing_keys.empty() || !report.unexpected_keys.empty() || !report.mismatched_keys.empty())) {
       throw Error(ErrorCode::kInvalidArgument,
                   fmt::format("checkpoint '{}' does not match the module: missing keys [{}], unexpected keys [{}], "
                               "mismatched shapes [{}] (pass strict=false to load what matches)",

@@ -25,7 +25,8 @@ at::TensorOptions options_for(const LoadedTensor& t) {
 
 at::Tensor view_of(const LoadedTensor& t) {
   std::shared_ptr<shm::Segment> keep = t.mapping;
-  return at::from_blob(t.data, t.info->shape, [keep](void*) mutable { keep.reset(); }, options_for(t));
+  return at::from_blob(
+      t.data, t.info->shape, [keep](void*) mutable { keep.reset(); }, options_for(t));
 }
 
 at::Tensor copy_of(const LoadedTensor& t) {

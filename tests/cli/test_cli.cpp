@@ -149,8 +149,9 @@ TEST(Cli, ConvertRefusesToOverwrite) {
 TEST(Cli, WrittenSafetensorsReadBackInAnIndependentReader) {
   TempDir dir;
   ok({"synth", (dir / "ckpt").string(), "--size", "2MB"});
-  CommandResult py = run_command({SHARDCAST_PYTHON, std::string(SHARDCAST_SOURCE_DIR) + "/tests/fixtures/safetensors_digest.py",
-                                  (dir / "ckpt").string()});
+  CommandResult py =
+      run_command({SHARDCAST_PYTHON, std::string(SHARDCAST_SOURCE_DIR) + "/tests/fixtures/safetensors_digest.py",
+                   (dir / "ckpt").string()});
   ASSERT_EQ(py.exit_code, 0) << describe(py);
   EXPECT_EQ(py.out, ok({"digest", (dir / "ckpt").string()}).out);
 }
@@ -166,7 +167,8 @@ TEST(Cli, DigestOfATorchBinMatchesPyTorch) {
 TEST(Cli, ConvertedTorchBinVerifiesAndKeepsEveryDigest) {
   TempDir dir;
   const fs::path fixtures = SHARDCAST_FIXTURES_DIR;
-  CommandResult r = ok({"convert", (fixtures / "all_cases").string(), (dir / "st").string(), "--max-shard-size", "1kB"});
+  CommandResult r =
+      ok({"convert", (fixtures / "all_cases").string(), (dir / "st").string(), "--max-shard-size", "1kB"});
   EXPECT_CONTAINS(r.out, "tied weight(s) stored as separate copies");
   ok({"verify", (dir / "st").string()});
   EXPECT_EQ(ok({"digest", (dir / "st").string()}).out, testing::read_file(fixtures / "all_cases" / "expected.digest"));

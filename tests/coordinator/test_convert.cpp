@@ -27,7 +27,9 @@ TEST(Convert, ReshardingKeepsEveryTensorBitExact) {
   EXPECT_GT(dst.shards.size(), 4u);
   for (const ShardInfo& s : dst.shards) {
     // Only a tensor larger than the limit may make a shard larger than it (plus its header).
-    if (s.tensor_count > 1) EXPECT_LE(s.file_size, 700'000u + 64'000u) << s.file;
+    if (s.tensor_count > 1) {
+      EXPECT_LE(s.file_size, 700'000u + 64'000u) << s.file;
+    }
   }
   EXPECT_EQ(digest_checkpoint(open_catalog(dir / "src")), digest_checkpoint(dst));
   EXPECT_TRUE(verify_checkpoint(dir / "dst").problems.empty());
@@ -44,7 +46,8 @@ TEST(Convert, DtypeCastsFloatsOnlyAndRoundsLikeTorch) {
   ASSERT_EQ(src.tensors.size(), f32.tensors.size());
   for (size_t i = 0; i < src.tensors.size(); ++i) {
     const DType before = src.tensors[i].dtype;
-    const bool floating = before == DType::kF16 || before == DType::kBF16 || before == DType::kF32 || before == DType::kF64;
+    const bool floating =
+        before == DType::kF16 || before == DType::kBF16 || before == DType::kF32 || before == DType::kF64;
     EXPECT_EQ(f32.tensors[i].dtype, floating ? DType::kF32 : before) << src.tensors[i].name;
   }
   // Back to the original dtypes: widening then narrowing is exact for values that came from bf16/f16.

@@ -122,7 +122,8 @@ TEST(Index, MappedTensorMissingFromItsShardIsReported) {
   auto index = read_index(dir.path());
   index["weight_map"]["ghost"] = "model-00001-of-00003.safetensors";
   write_index(dir.path(), index);
-  EXPECT_CONTAINS(first_problem(dir.path()), "maps tensor 'ghost' to 'model-00001-of-00003.safetensors', but that shard does not hold it");
+  EXPECT_CONTAINS(first_problem(dir.path()),
+                  "maps tensor 'ghost' to 'model-00001-of-00003.safetensors', but that shard does not hold it");
 }
 
 TEST(Index, TensorMappedToTheWrongShardSaysWhereItIs) {
@@ -131,8 +132,9 @@ TEST(Index, TensorMappedToTheWrongShardSaysWhereItIs) {
   auto index = read_index(dir.path());
   index["weight_map"]["a"] = "model-00003-of-00003.safetensors";  // shard 1 stays listed through "b"
   write_index(dir.path(), index);
-  EXPECT_CONTAINS(first_problem(dir.path()), "maps tensor 'a' to 'model-00003-of-00003.safetensors', but that shard does "
-                                             "not hold it (it is in 'model-00001-of-00003.safetensors')");
+  EXPECT_CONTAINS(first_problem(dir.path()),
+                  "maps tensor 'a' to 'model-00003-of-00003.safetensors', but that shard does "
+                  "not hold it (it is in 'model-00001-of-00003.safetensors')");
 }
 
 TEST(Index, TensorInTwoShardsIsRejected) {
@@ -142,8 +144,9 @@ TEST(Index, TensorInTwoShardsIsRejected) {
   fs::remove(dir / "ckpt" / "model-00003-of-00003.safetensors");
   save_sharded({tensor("c", 8), tensor("d", 8)}, dir / "other");
   fs::rename(dir / "other" / "model.safetensors", dir / "ckpt" / "model-00003-of-00003.safetensors");
-  EXPECT_CONTAINS(first_problem(dir / "ckpt"),
-                  "tensor 'c' lives in two shards: 'model-00002-of-00003.safetensors' and 'model-00003-of-00003.safetensors'");
+  EXPECT_CONTAINS(
+      first_problem(dir / "ckpt"),
+      "tensor 'c' lives in two shards: 'model-00002-of-00003.safetensors' and 'model-00003-of-00003.safetensors'");
 }
 
 TEST(Index, TensorMissingFromWeightMapIsReported) {
@@ -152,7 +155,8 @@ TEST(Index, TensorMissingFromWeightMapIsReported) {
   auto index = read_index(dir.path());
   index["weight_map"].erase("b");
   write_index(dir.path(), index);
-  EXPECT_CONTAINS(first_problem(dir.path()), "tensor 'b' is in shard 'model-00001-of-00003.safetensors' but not in weight_map");
+  EXPECT_CONTAINS(first_problem(dir.path()),
+                  "tensor 'b' is in shard 'model-00001-of-00003.safetensors' but not in weight_map");
 }
 
 TEST(Index, DisagreeingTotalSizeIsAWarningNotAFailure) {

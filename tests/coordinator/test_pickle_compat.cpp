@@ -8,7 +8,9 @@
 namespace shardcast {
 namespace {
 
-std::string bytes(std::initializer_list<unsigned char> b) { return std::string(b.begin(), b.end()); }
+std::string bytes(std::initializer_list<unsigned char> b) {
+  return std::string(b.begin(), b.end());
+}
 
 TEST(PickleCompat, OneItemDictGetsAMarkAndSetitems) {
   // PROTO 2, EMPTY_DICT, 'a', 1, SETITEM, STOP -> MARK before the key, SETITEMS.
@@ -23,9 +25,10 @@ TEST(PickleCompat, StreamsWithoutEditsPassUnchanged) {
 }
 
 TEST(PickleCompat, StreamsThatWouldUnderflowTheUnpicklerAreRefused) {
-  for (const std::string& bad : {std::string("garbage"), std::string(), bytes({0x80, 2, 'Q', '.'}),
-                                 bytes({0x80, 2, 'R', '.'}), bytes({0x80, 2, 0x85, '.'}), bytes({0x80, 2, '}', 'b', '.'}),
-                                 bytes({0x80, 2, '(', 'K', 1, 'u', '.'}), bytes({0x80, 2, 'K', 1})}) {
+  for (const std::string& bad :
+       {std::string("garbage"), std::string(), bytes({0x80, 2, 'Q', '.'}), bytes({0x80, 2, 'R', '.'}),
+        bytes({0x80, 2, 0x85, '.'}), bytes({0x80, 2, '}', 'b', '.'}), bytes({0x80, 2, '(', 'K', 1, 'u', '.'}),
+        bytes({0x80, 2, 'K', 1})}) {
     try {
       make_pickle_loadable_by_libtorch(bad);
       ADD_FAILURE() << "accepted " << ::testing::PrintToString(bad);

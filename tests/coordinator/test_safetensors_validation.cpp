@@ -27,7 +27,9 @@ TEST_P(BrokenSafetensors, IsRejectedWithItsOwnErrorNamingFileAndTensor) {
     EXPECT_EQ(e.code(), ErrorCode::kCorruptCheckpoint) << message;
     EXPECT_NE(message.find(c.expected), std::string::npos) << "message: " << message << "\nexpected: " << c.expected;
     EXPECT_NE(message.find(path.string()), std::string::npos) << message;
-    if (!c.tensor.empty()) EXPECT_NE(message.find("tensor '" + c.tensor + "'"), std::string::npos) << message;
+    if (!c.tensor.empty()) {
+      EXPECT_NE(message.find("tensor '" + c.tensor + "'"), std::string::npos) << message;
+    }
   }
 }
 
@@ -51,7 +53,9 @@ TEST(SafetensorsHeader, SoundFileParsesInDataOrder) {
 }
 
 TEST(SafetensorsHeader, HeaderOrderMayDifferFromDataOrder) {
-  auto h = parse(R"({"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 6);
+  auto h = parse(
+      R"({"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+      6);
   ASSERT_EQ(h.tensors.size(), 2u);
   EXPECT_EQ(h.tensors[0].name, "a");
   EXPECT_EQ(h.tensors[1].name, "b");
@@ -59,7 +63,9 @@ TEST(SafetensorsHeader, HeaderOrderMayDifferFromDataOrder) {
 
 TEST(SafetensorsHeader, EmptyCheckpointAndZeroSizedTensorsAreSound) {
   EXPECT_TRUE(parse("{}", 0).tensors.empty());
-  auto h = parse(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})", 8);
+  auto h = parse(
+      R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})",
+      8);
   ASSERT_EQ(h.tensors.size(), 2u);
   EXPECT_EQ(h.tensors[0].name, "e");
   EXPECT_TRUE(h.tensors[1].shape.empty());

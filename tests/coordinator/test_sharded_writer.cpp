@@ -22,7 +22,8 @@ TensorData make(const std::string& name, DType dtype, std::vector<int64_t> shape
   t.dtype = dtype;
   t.shape = std::move(shape);
   std::vector<uint8_t> bytes(t.nbytes());
-  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>((i * 31 + name[0]) & (dtype == DType::kBool ? 1 : 0xff));
+  for (size_t i = 0; i < bytes.size(); ++i)
+    bytes[i] = static_cast<uint8_t>((i * 31 + name[0]) & (dtype == DType::kBool ? 1 : 0xff));
   t.bytes = Bytes::from_vector(std::move(bytes));
   return t;
 }
@@ -92,7 +93,9 @@ TEST(ShardedWriter, RoundTripIsBitExactAndAligned) {
     EXPECT_EQ(t.dtype, it->dtype);
     EXPECT_EQ(t.shape, it->shape);
     ASSERT_EQ(bytes.size, it->bytes.size);
-    if (bytes.size > 0) EXPECT_EQ(std::memcmp(bytes.data, it->bytes.data, bytes.size), 0) << t.name;
+    if (bytes.size > 0) {
+      EXPECT_EQ(std::memcmp(bytes.data, it->bytes.data, bytes.size), 0) << t.name;
+    }
     EXPECT_EQ(t.file_offset % dtype_size(t.dtype), 0u) << t.name << " is not aligned in its file";
     ++seen;
   });

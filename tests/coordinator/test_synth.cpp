@@ -27,7 +27,9 @@ TEST(Synth, LayoutHitsTheRequestedSizeExactlyWithEveryDtype) {
   }
 }
 
-TEST(Synth, TooSmallSizeIsAClearError) { EXPECT_THROW(synth_layout(1000, false), Error); }
+TEST(Synth, TooSmallSizeIsAClearError) {
+  EXPECT_THROW(synth_layout(1000, false), Error);
+}
 
 TEST(Synth, SameInputsGiveTheSameBytes) {
   TempDir dir;

@@ -27,7 +27,9 @@ using testing::TempDir;
 
 const fs::path kFixtures = SHARDCAST_FIXTURES_DIR;
 
-fs::path bin_of(const std::string& fixture) { return kFixtures / fixture / "pytorch_model.bin"; }
+fs::path bin_of(const std::string& fixture) {
+  return kFixtures / fixture / "pytorch_model.bin";
+}
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
@@ -40,7 +42,9 @@ std::vector<std::string> expected(const std::string& fixture) {
   return lines_of(testing::read_file(kFixtures / fixture / "expected.digest"));
 }
 
-std::string name_of_line(const std::string& line) { return line.substr(0, line.find('\t')); }
+std::string name_of_line(const std::string& line) {
+  return line.substr(0, line.find('\t'));
+}
 
 // Compares digest lines tensor by tensor (both lists are sorted by name) and names each tensor that differs, is
 // missing or is unexpected, so one missing tensor does not make every later line look wrong.
@@ -117,7 +121,9 @@ void expect_every_reader_fails(const std::string& fixture, ErrorCode code, const
   EXPECT_NE(report.problems.front().find(file.string()), std::string::npos) << report.problems.front();
 }
 
-std::vector<uint8_t> bytes_of(const Bytes& b) { return std::vector<uint8_t>(b.data, b.data + b.size); }
+std::vector<uint8_t> bytes_of(const Bytes& b) {
+  return std::vector<uint8_t>(b.data, b.data + b.size);
+}
 
 template <typename T>
 T element(const BinTensor& t, size_t i) {
@@ -158,7 +164,7 @@ void pytorch_digests(const std::vector<fs::path>& files, bool weights_only, std:
   std::_Exit(r ? 0 : 1);
 }
 
-#define EXPECT_REFUSED_WITHOUT_CRASHING(statement, ...)                                                     \
+#define EXPECT_REFUSED_WITHOUT_CRASHING(statement, ...) \
   EXPECT_EXIT(exit_with_verdict([&] { statement; }, __VA_ARGS__), ::testing::ExitedWithCode(0), "refused: ")
 
 #define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
@@ -390,9 +396,8 @@ TEST(TorchBin, ConvertToSeveralSafetensorsShardsKeepsEveryDigestUntiesAndVerifie
     EXPECT_EQ(r.tensors, expected(name).size());
     EXPECT_EQ(r.untied, 1u);  // each holds one tied pair, written as two separate tensors
     EXPECT_EQ(r.cast, 0u);
-    const size_t shard_files = std::count_if(r.files.begin(), r.files.end(), [](const fs::path& f) {
-      return f.extension() == ".safetensors";
-    });
+    const size_t shard_files = std::count_if(r.files.begin(), r.files.end(),
+                                             [](const fs::path& f) { return f.extension() == ".safetensors"; });
     EXPECT_GE(shard_files, 2u);
     EXPECT_EQ(r.files.size(), shard_files + 1) << "the shards and model.safetensors.index.json";
     VerifyReport report = verify_checkpoint(dir / "st");
@@ -417,10 +422,10 @@ std::vector<TensorData> every_dtype() {
     std::vector<int64_t> shape;
   };
   const std::vector<Case> cases = {
-      {"a.bool", DType::kBool, {3, 2}},  {"b.u8", DType::kU8, {7}},      {"c.i8", DType::kI8, {2, 2, 2}},
-      {"d.i16", DType::kI16, {5}},       {"e.i32", DType::kI32, {2, 3}}, {"f.i64", DType::kI64, {4}},
-      {"g.f16", DType::kF16, {3, 3}},    {"h.bf16", DType::kBF16, {6}},  {"i.f32", DType::kF32, {2, 5}},
-      {"j.f64", DType::kF64, {3}},       {"k.scalar", DType::kI32, {}},  {"l.empty", DType::kF32, {0}},
+      {"a.bool", DType::kBool, {3, 2}},   {"b.u8", DType::kU8, {7}},      {"c.i8", DType::kI8, {2, 2, 2}},
+      {"d.i16", DType::kI16, {5}},        {"e.i32", DType::kI32, {2, 3}}, {"f.i64", DType::kI64, {4}},
+      {"g.f16", DType::kF16, {3, 3}},     {"h.bf16", DType::kBF16, {6}},  {"i.f32", DType::kF32, {2, 5}},
+      {"j.f64", DType::kF64, {3}},        {"k.scalar", DType::kI32, {}},  {"l.empty", DType::kF32, {0}},
       {"m.empty_2d", DType::kI64, {2, 0}}};
   std::vector<TensorData> out;
   uint8_t seed = 1;

@@ -20,7 +20,8 @@ namespace fs = std::filesystem;
 using testing::TempDir;
 
 testing::CommandResult mpirun(int ranks, const std::vector<std::string>& args, int ranks_per_node = 0) {
-  std::vector<std::string> argv{"/usr/bin/mpirun", "-np", std::to_string(ranks), "--oversubscribe", "--bind-to", "none"};
+  std::vector<std::string> argv{"/usr/bin/mpirun", "-np",       std::to_string(ranks),
+                                "--oversubscribe", "--bind-to", "none"};
   if (ranks_per_node > 0) {
     argv.push_back("-x");
     argv.push_back("SHARDCAST_RANKS_PER_NODE=" + std::to_string(ranks_per_node));
@@ -50,6 +51,10 @@ struct Case {
   std::string placement;
   CheckpointFormat format;
 };
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.ranks << " ranks, " << c.placement << ", " << format_name(c.format);
+}
 
 class MpirunLoad : public ::testing::TestWithParam<Case> {};
 
@@ -98,8 +103,9 @@ TEST_P(VirtualNodes, EveryRankIsBitExactAndTheJobReadsEachByteOnce) {
   const int nodes = std::get<0>(GetParam());
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 6'000'000, 1'000'000, std::get<1>(GetParam()), true);
-  auto r = mpirun(2 * nodes, {"load", (dir / "ckpt").string(), "--digest-out", (dir / "digest{rank}").string(),
-                              "--report-out", (dir / "report{rank}.json").string()},
+  auto r = mpirun(2 * nodes,
+                  {"load", (dir / "ckpt").string(), "--digest-out", (dir / "digest{rank}").string(), "--report-out",
+                   (dir / "report{rank}.json").string()},
                   /*ranks_per_node=*/2);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   const std::string expected = expected_digest(dir / "ckpt");
@@ -120,8 +126,8 @@ TEST_P(VirtualNodes, EveryRankIsBitExactAndTheJobReadsEachByteOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TwoAndThree, VirtualNodes,
-                         ::testing::Combine(::testing::Values(2, 3),
-                                            ::testing::Values(CheckpointFormat::kSafetensors, CheckpointFormat::kTorchBin)),
+                         ::testing::Combine(::testing::Values(2, 3), ::testing::Values(CheckpointFormat::kSafetensors,
+                                                                                       CheckpointFormat::kTorchBin)),
                          [](const auto& info) {
                            return std::to_string(std::get<0>(info.param)) + "Nodes_" +
                                   std::string(format_name(std::get<1>(info.param)));

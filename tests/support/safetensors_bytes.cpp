@@ -2,7 +2,8 @@
 
 namespace shardcast::testing {
 
-std::string safetensors_bytes_with_length(uint64_t declared_length, const std::string& header, const std::string& data) {
+std::string safetensors_bytes_with_length(uint64_t declared_length, const std::string& header,
+                                          const std::string& data) {
   std::string out(8, '\0');
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((declared_length >> (8 * i)) & 0xff);
   return out + header + data;
@@ -23,18 +24,23 @@ std::string data_bytes(size_t n) {
 const char* kA = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
 const char* kB = R"("b":{"dtype":"I16","shape":[3],"data_offsets":[8,14]})";
 
-std::string header_with(const std::string& a_entry) { return "{" + a_entry + "," + kB + "}"; }
+std::string header_with(const std::string& a_entry) {
+  return "{" + a_entry + "," + kB + "}";
+}
 
 }  // namespace
 
-std::string sound_safetensors() { return safetensors_bytes(std::string("{") + kA + "," + kB + "}", data_bytes(14)); }
+std::string sound_safetensors() {
+  return safetensors_bytes(std::string("{") + kA + "," + kB + "}", data_bytes(14));
+}
 
 std::vector<BrokenCase> broken_safetensors_cases() {
   const std::string d14 = data_bytes(14);
   auto with_a = [&](const std::string& a_entry) { return safetensors_bytes(header_with(a_entry), d14); };
   return {
       {"FileShorterThanLengthPrefix", "\x05\x00\x00", "too short for the 8-byte header length", ""},
-      {"HeaderLengthOverCap", safetensors_bytes_with_length(100'000'001, "{}", ""), "exceeds the 100000000-byte limit", ""},
+      {"HeaderLengthOverCap", safetensors_bytes_with_length(100'000'001, "{}", ""), "exceeds the 100000000-byte limit",
+       ""},
       {"HeaderLengthPastEndOfFile", safetensors_bytes_with_length(4096, "{}", ""), "runs past the end of the file", ""},
       {"HeaderNotStartingWithBrace", safetensors_bytes(" {}", ""), "does not start with '{'", ""},
       {"HeaderInvalidJson", safetensors_bytes(R"({"a":{"dtype":"F32",)", ""), "header is not valid JSON", ""},
@@ -64,26 +70,32 @@ std::vector<BrokenCase> broken_safetensors_cases() {
        "not a non-negative integer", "a"},
       {"ShapeFloat", with_a(R"("a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]})"), "not a non-negative integer",
        "a"},
-      {"ShapeOverflow",
-       with_a(R"("a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]})"), "overflows 64 bits", "a"},
-      {"ShapeOverflowInBytes",
-       with_a(R"("a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]})"), "overflows 64 bits", "a"},
+      {"ShapeOverflow", with_a(R"("a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]})"),
+       "overflows 64 bits", "a"},
+      {"ShapeOverflowInBytes", with_a(R"("a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]})"),
+       "overflows 64 bits", "a"},
       {"DataOffsetsNotPair", with_a(R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0]})"),
        "is not a list of two non-negative integers", "a"},
       {"DataOffsetsNegative", with_a(R"("a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]})"),
        "is not a list of two non-negative integers", "a"},
-      {"DataOffsetsBeginAfterEnd", with_a(R"("a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]})"),
-       "begin after end", "a"},
+      {"DataOffsetsBeginAfterEnd", with_a(R"("a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]})"), "begin after end",
+       "a"},
       {"ByteCountDisagreesWithShape", with_a(R"("a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]})"),
        "hold 8 bytes but F32[3] needs 12", "a"},
       {"GapBeforeFirstTensor",
-       safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[2,10]},"b":{"dtype":"I16","shape":[2],"data_offsets":[10,14]}})", d14),
+       safetensors_bytes(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[2,10]},"b":{"dtype":"I16","shape":[2],"data_offsets":[10,14]}})",
+           d14),
        "gap of 2 bytes", "a"},
       {"GapBetweenTensors",
-       safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I16","shape":[2],"data_offsets":[10,14]}})", d14),
+       safetensors_bytes(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I16","shape":[2],"data_offsets":[10,14]}})",
+           d14),
        "gap of 2 bytes", "b"},
       {"OverlappingTensors",
-       safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I16","shape":[4],"data_offsets":[6,14]}})", d14),
+       safetensors_bytes(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I16","shape":[4],"data_offsets":[6,14]}})",
+           d14),
        "overlap of 2 bytes", "b"},
       {"TrailingBytesAfterLastTensor", safetensors_bytes(header_with(kA), d14 + "xx"), "2 trailing bytes", ""},
       {"DataRunsPastEndOfFile", safetensors_bytes(header_with(kA), d14.substr(0, 12)),

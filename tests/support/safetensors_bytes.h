@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -23,5 +24,10 @@ struct BrokenCase {
 };
 
 std::vector<BrokenCase> broken_safetensors_cases();
+
+// gtest prints the case by name, not as a byte dump.
+inline void PrintTo(const BrokenCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 }  // namespace shardcast::testing

@@ -78,7 +78,8 @@ TEST(LoadInto, StrictModeThrowsListingEveryKey) {
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
-    EXPECT_NE(std::string(e.what()).find("missing keys [extra], unexpected keys [junk]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("missing keys [extra], unexpected keys [junk]"), std::string::npos)
+        << e.what();
   }
 }
 

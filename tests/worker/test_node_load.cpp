@@ -66,12 +66,15 @@ std::vector<testing::RankOutcome> with_sessions(const TempDir& dir, int ranks,
                                                 std::chrono::seconds deadline = std::chrono::seconds(120),
                                                 int ranks_per_node = 0) {
   const std::string job = test_job();
-  return testing::run_ranks(ranks, [&](int rank) {
-    setenv("SHARDCAST_JOB_ID", job.c_str(), 1);
-    if (ranks_per_node > 0) setenv("SHARDCAST_RANKS_PER_NODE", std::to_string(ranks_per_node).c_str(), 1);
-    Session session(make_file_store_communicator(dir / "store", rank, ranks), std::chrono::seconds(30));
-    fn(session, rank);
-  }, deadline);
+  return testing::run_ranks(
+      ranks,
+      [&](int rank) {
+        setenv("SHARDCAST_JOB_ID", job.c_str(), 1);
+        if (ranks_per_node > 0) setenv("SHARDCAST_RANKS_PER_NODE", std::to_string(ranks_per_node).c_str(), 1);
+        Session session(make_file_store_communicator(dir / "store", rank, ranks), std::chrono::seconds(30));
+        fn(session, rank);
+      },
+      deadline);
 }
 
 void expect_all_succeeded(const std::vector<testing::RankOutcome>& outcomes) {
@@ -84,6 +87,10 @@ struct Case {
   CheckpointFormat format;
   std::string dtype;
 };
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.ranks << " ranks, " << placement_name(c.placement) << ", " << format_name(c.format) << ", dtype " << c.dtype;
+}
 
 class ForkedLoad : public ::testing::TestWithParam<Case> {};
 
@@ -108,26 +115,26 @@ TEST_P(ForkedLoad, EveryRankHoldsTheCheckpointBitExact) {
     if (session.topology().local_size != c.ranks) throw std::runtime_error("ranks did not form one node");
   });
   expect_all_succeeded(outcomes);
-  for (int r = 0; r < c.ranks; ++r) EXPECT_EQ(testing::read_file(dir / ("digest" + std::to_string(r))), expected) << "rank " << r;
+  for (int r = 0; r < c.ranks; ++r)
+    EXPECT_EQ(testing::read_file(dir / ("digest" + std::to_string(r))), expected) << "rank " << r;
   EXPECT_TRUE(shardcast_segments().empty());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    RanksPlacementsFormats, ForkedLoad,
-    ::testing::Values(Case{1, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
-                      Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
-                      Case{4, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
-                      Case{3, Placement::kCopyOnWrite, CheckpointFormat::kSafetensors, "auto"},
-                      Case{3, Placement::kPrivate, CheckpointFormat::kSafetensors, "auto"},
-                      Case{2, Placement::kShared, CheckpointFormat::kTorchBin, "auto"},
-                      Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "auto"},
-                      Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "f32"},
-                      Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "bf16"}),
-    [](const auto& info) {
-      const Case& c = info.param;
-      return std::to_string(c.ranks) + "Ranks_" + std::string(placement_name(c.placement)) + "_" +
-             std::string(format_name(c.format)) + "_" + c.dtype;
-    });
+INSTANTIATE_TEST_SUITE_P(RanksPlacementsFormats, ForkedLoad,
+                         ::testing::Values(Case{1, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
+                                           Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
+                                           Case{4, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
+                                           Case{3, Placement::kCopyOnWrite, CheckpointFormat::kSafetensors, "auto"},
+                                           Case{3, Placement::kPrivate, CheckpointFormat::kSafetensors, "auto"},
+                                           Case{2, Placement::kShared, CheckpointFormat::kTorchBin, "auto"},
+                                           Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "auto"},
+                                           Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "f32"},
+                                           Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "bf16"}),
+                         [](const auto& info) {
+                           const Case& c = info.param;
+                           return std::to_string(c.ranks) + "Ranks_" + std::string(placement_name(c.placement)) + "_" +
+                                  std::string(format_name(c.format)) + "_" + c.dtype;
+                         });
 
 TEST(NodeLoad, VirtualNodesExchangeSegmentsThroughTheStore) {
   TempDir dir;
@@ -168,13 +175,16 @@ TEST(NodeLoad, CopyOnWriteWritesStayInTheWritingRank) {
     auto gather = make_file_store_communicator(dir / "store2", rank, 3);
     gather->barrier("written", std::chrono::seconds(30));
     const float seen = w[0].item<float>();
-    if (rank == 1 ? seen != 42.0f : seen != original) throw std::runtime_error("rank " + std::to_string(rank) + " sees " + std::to_string(seen));
+    if (rank == 1 ? seen != 42.0f : seen != original)
+      throw std::runtime_error("rank " + std::to_string(rank) + " sees " + std::to_string(seen));
   });
   expect_all_succeeded(outcomes);
 }
 
 // Each rank writes "<code> <message>" of the error it saw, or "ok".
-std::string outcome_file(const TempDir& dir, int rank) { return testing::read_file(dir / ("outcome" + std::to_string(rank))); }
+std::string outcome_file(const TempDir& dir, int rank) {
+  return testing::read_file(dir / ("outcome" + std::to_string(rank)));
+}
 
 void record(const TempDir& dir, int rank, const std::function<void()>& fn) {
   std::string text = "ok";
@@ -200,7 +210,8 @@ TEST(NodeLoad, ARankThatFailsMidLoadFailsEveryRankCleanly) {
     record(dir, rank, [&] { session.load(dir / "ckpt", options); });
   });
   expect_all_succeeded(outcomes);
-  EXPECT_EQ(outcome_file(dir, 2), std::to_string(static_cast<int>(ErrorCode::kSystem)) + " injected failure while staging");
+  EXPECT_EQ(outcome_file(dir, 2),
+            std::to_string(static_cast<int>(ErrorCode::kSystem)) + " injected failure while staging");
   for (int r : {0, 1}) {
     EXPECT_CONTAINS(outcome_file(dir, r), std::to_string(static_cast<int>(ErrorCode::kRemoteRankFailed)) +
                                               " rank 2 (local rank 2 of node 0) failed in 'stage': injected failure");

@@ -26,7 +26,9 @@ std::map<std::string, at::Tensor> build_model(const Catalog& catalog) {
   std::map<std::string, at::Tensor> model;
   for (const TensorInfo& t : catalog.tensors) {
     auto type = to_scalar_type(t.dtype);
-    if (!type) throw Error(ErrorCode::kInvalidArgument, fmt::format("tensor '{}': dtype {} not loadable", t.name, dtype_name(t.dtype)));
+    if (!type)
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("tensor '{}': dtype {} not loadable", t.name, dtype_name(t.dtype)));
     at::Tensor tensor = at::empty(t.shape, at::TensorOptions().dtype(*type));
     if (at::isFloatingType(*type)) {
       tensor.uniform_();

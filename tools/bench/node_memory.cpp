@@ -46,8 +46,10 @@ Measurement measure_command(const std::vector<std::string>& argv, int interval_m
   for (;;) {
     const MemInfo now = read_meminfo();
     ++m.samples;
-    if (now.unreclaimable > before.unreclaimable) m.peak_unreclaimable = std::max(m.peak_unreclaimable, now.unreclaimable - before.unreclaimable);
-    if (now.page_cache > before.page_cache) m.peak_page_cache = std::max(m.peak_page_cache, now.page_cache - before.page_cache);
+    if (now.unreclaimable > before.unreclaimable)
+      m.peak_unreclaimable = std::max(m.peak_unreclaimable, now.unreclaimable - before.unreclaimable);
+    if (now.page_cache > before.page_cache)
+      m.peak_page_cache = std::max(m.peak_page_cache, now.page_cache - before.page_cache);
     if (waitpid(pid, &status, WNOHANG) == pid) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
   }

@@ -14,16 +14,16 @@ namespace shardcast::gpu {
 
 }  // namespace shardcast::gpu
 
-#define SHARDCAST_CUDA_CHECK(call)                                                         \
-  do {                                                                                     \
-    cudaError_t shardcast_status_ = (call);                                                \
-    if (shardcast_status_ != cudaSuccess)                                                  \
-      ::shardcast::gpu::throw_cuda_error(shardcast_status_, #call, __FILE__, __LINE__);    \
+#define SHARDCAST_CUDA_CHECK(call)                                                      \
+  do {                                                                                  \
+    cudaError_t shardcast_status_ = (call);                                             \
+    if (shardcast_status_ != cudaSuccess)                                               \
+      ::shardcast::gpu::throw_cuda_error(shardcast_status_, #call, __FILE__, __LINE__); \
   } while (0)
 
-#define SHARDCAST_NCCL_CHECK(comm, call)                                                   \
-  do {                                                                                     \
-    ncclResult_t shardcast_status_ = (call);                                               \
-    if (shardcast_status_ != ncclSuccess)                                                  \
+#define SHARDCAST_NCCL_CHECK(comm, call)                                                      \
+  do {                                                                                        \
+    ncclResult_t shardcast_status_ = (call);                                                  \
+    if (shardcast_status_ != ncclSuccess)                                                     \
       ::shardcast::gpu::throw_nccl_error(shardcast_status_, comm, #call, __FILE__, __LINE__); \
   } while (0)
