@@ -8,7 +8,8 @@
 
 namespace shardcast::bench {
 
-// Loads and returns the seconds it took (model build included).
+// Loads and returns the seconds it took (model build included). Bytes read from the checkpoint's files (headers
+// included) add to checkpoint_bytes_read() (core/io_stats.h), as shardcast's own reads do.
 double load_naive(const std::filesystem::path& checkpoint);
 double load_mmap(const std::filesystem::path& checkpoint);
 

@@ -1,8 +1,10 @@
 // shardcast-bench: node memory and load time of shardcast against the loaders jobs use today, side by side in one
-// invocation. Every configuration runs under mpirun; memory is sampled from /proc/meminfo while it runs.
+// invocation. Every configuration runs under mpirun; memory is sampled from /proc/meminfo while it runs. `nodes`
+// compares the storage bytes a whole job reads on K virtual nodes.
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -14,8 +16,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "coordinator/catalog.h"
 #include "coordinator/synth.h"
 #include "core/error.h"
+#include "core/io_stats.h"
 #include "core/size.h"
 #include "tools/bench/baseline_loaders.h"
 #include "tools/bench/node_memory.h"
@@ -58,6 +62,15 @@ std::vector<std::string> rank_command(const Method& m, const fs::path& checkpoin
   }
   return {
       self_dir() + "/shardcast", "load", checkpoint.string(), "--placement", m.key, "--report-out", report.string()};
+}
+
+// S: the bytes of the checkpoint's safetensors files, headers included.
+uint64_t safetensors_bytes(const fs::path& checkpoint) {
+  uint64_t total = 0;
+  for (const auto& e : fs::directory_iterator(checkpoint)) {
+    if (e.path().extension() == ".safetensors") total += e.file_size();
+  }
+  return total;
 }
 
 // What a method needs at its peak, so configurations that cannot fit this machine are skipped, not swapped or killed.
@@ -160,13 +173,7 @@ int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, 
   }
   const fs::path tiny = work / "tiny";
   synthesize_checkpoint(tiny, 2'000'000, 0, CheckpointFormat::kSafetensors, true);
-  const uint64_t bytes = [&] {
-    uint64_t total = 0;
-    for (const auto& e : fs::directory_iterator(checkpoint)) {
-      if (e.path().extension() == ".safetensors") total += e.file_size();
-    }
-    return total;
-  }();
+  const uint64_t bytes = safetensors_bytes(checkpoint);
 
   const std::map<std::string, std::string> names = {{"naive", "naive (private read + copy)"},
                                                     {"mmap", "per-rank mmap + copy"},
@@ -223,6 +230,234 @@ int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, 
   return 0;
 }
 
+// ---- `nodes`: storage bytes read by the whole job on K nodes of r ranks (issue 5) ----
+
+// The per-rank readers against shardcast with its defaults (shared placement, every local rank reading).
+const std::map<std::string, Method>& node_methods() {
+  static const std::map<std::string, Method> methods = {{"naive", {"naive (private read + copy)", "naive"}},
+                                                        {"mmap", {"per-rank mmap + copy", "mmap"}},
+                                                        {"shardcast", {"shardcast", "shared"}}};
+  return methods;
+}
+
+// Memory a job needs at its peak, as a multiple of S: on one machine every virtual node holds its own segments.
+double expected_job_multiple(const std::string& key, int nodes, int ranks_per_node) {
+  return key == "shared" ? nodes : expected_multiple(key, nodes * ranks_per_node);
+}
+
+struct JobRun {
+  std::string method;
+  int nodes = 0, ranks = 0;
+  std::string skipped;  // why it did not run
+  double load_s = 0, wall_s = 0;
+  std::vector<uint64_t> rank_bytes_read;  // by rank
+};
+
+// Every rank's report of one job: what it read from storage, the slowest rank's time, and (shardcast only) the node
+// count the ranks agreed on, which must be K or the row would not measure K nodes.
+void read_job_reports(const fs::path& dir, int nodes, JobRun& run) {
+  for (int r = 0; r < run.ranks; ++r) {
+    const fs::path path = dir / fmt::format("report{}.json", r);
+    std::ifstream in(path);
+    if (!in)
+      throw Error(ErrorCode::kSystem, fmt::format("{}: rank {} wrote no report {}", run.method, r, path.string()));
+    const auto report = nlohmann::json::parse(in);
+    run.rank_bytes_read.push_back(report.at("rank_bytes_read").get<uint64_t>());
+    run.load_s = std::max(run.load_s, report.at("seconds").get<double>());
+    if (report.contains("node_count") && report["node_count"].get<int>() != nodes) {
+      throw Error(ErrorCode::kSystem, fmt::format("{}: rank {} ran on {} node(s), not {}: SHARDCAST_RANKS_PER_NODE was "
+                                                  "not applied",
+                                                  run.method, r, report["node_count"].get<int>(), nodes));
+    }
+  }
+}
+
+JobRun run_job(const Method& m, int nodes, int ranks_per_node, const fs::path& checkpoint, const fs::path& work,
+               bool cold) {
+  JobRun run;
+  run.method = m.name;
+  run.nodes = nodes;
+  run.ranks = nodes * ranks_per_node;
+  const fs::path dir = work / fmt::format("nodes-{}-{}", m.key, nodes);
+  fs::create_directories(dir);
+  std::vector<std::string> argv = mpirun(run.ranks);
+  // Only shardcast has nodes to form; the per-rank readers read alone whatever the grouping.
+  if (m.key == "shared") argv.insert(argv.end(), {"-x", fmt::format("SHARDCAST_RANKS_PER_NODE={}", ranks_per_node)});
+  const auto cmd = rank_command(m, checkpoint, dir / "report{rank}.json");
+  argv.insert(argv.end(), cmd.begin(), cmd.end());
+  if (cold) drop_page_cache();
+  const Measurement meas = measure_command(argv);
+  if (meas.exit_code != 0) {
+    throw Error(ErrorCode::kSystem, fmt::format("{} on {} node(s) of {} rank(s) failed (exit {})", m.name, nodes,
+                                                ranks_per_node, meas.exit_code));
+  }
+  run.wall_s = meas.seconds;
+  read_job_reports(dir, nodes, run);
+  return run;
+}
+
+// Throws unless the file was written in full: the results are the point of the run.
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  out.close();
+  if (!out) throw Error(ErrorCode::kSystem, fmt::format("cannot write '{}'", path));
+}
+
+nlohmann::ordered_json job_json(const JobRun& r, uint64_t checkpoint_bytes) {
+  nlohmann::ordered_json j{{"method", r.method}, {"nodes", r.nodes}, {"ranks", r.ranks}};
+  if (!r.skipped.empty()) {
+    j["skipped"] = r.skipped;
+    return j;
+  }
+  uint64_t job_bytes = 0;
+  for (uint64_t b : r.rank_bytes_read) job_bytes += b;
+  j["job_bytes_read"] = job_bytes;
+  j["job_bytes_read_multiple"] = static_cast<double>(job_bytes) / checkpoint_bytes;
+  j["load_seconds"] = r.load_s;
+  j["wall_seconds"] = r.wall_s;
+  j["rank_bytes_read"] = r.rank_bytes_read;
+  return j;
+}
+
+void write_nodes_table(const nlohmann::ordered_json& results, const std::string& out_prefix) {
+  const uint64_t bytes = results.at("checkpoint_bytes").get<uint64_t>();
+  std::string md = fmt::format(
+      "S = {} bytes ({}); {} ranks per node.\n\n"
+      "| method | nodes (K) | ranks | bytes read from storage by the job | job bytes read (x S) | load time, slowest "
+      "rank (s) |\n"
+      "|---|---:|---:|---:|---:|---:|\n",
+      bytes, format_size(bytes), results.at("ranks_per_node").get<int>());
+  for (const auto& r : results.at("runs")) {
+    const std::string row = fmt::format("| {} | {} | {} |", r.at("method").get<std::string>(), r.at("nodes").get<int>(),
+                                        r.at("ranks").get<int>());
+    if (r.contains("skipped")) {
+      md += fmt::format("{} skipped: {} | | |\n", row, r.at("skipped").get<std::string>());
+      continue;
+    }
+    md += fmt::format("{} {} | {:.4f} | {:.2f} |\n", row, r.at("job_bytes_read").get<uint64_t>(),
+                      r.at("job_bytes_read_multiple").get<double>(), r.at("load_seconds").get<double>());
+  }
+  write_file(out_prefix + ".md", md);
+  fmt::print("{}", md);
+  fmt::print("wrote {0}.json, {0}.md\n", out_prefix);
+}
+
+struct NodesArgs {
+  std::string checkpoint, size = "1GB", out = "bench-nodes";
+  std::vector<int> nodes{1, 2, 3};
+  int ranks_per_node = 2;
+  std::vector<std::string> methods{"naive", "mmap", "shardcast"};
+  bool warm = false;
+};
+
+// S from the checkpoint's catalog, so a path that holds no safetensors checkpoint fails here, before any job starts.
+uint64_t catalog_bytes(const fs::path& checkpoint) {
+  const Catalog catalog = open_catalog(checkpoint);
+  if (catalog.format != CheckpointFormat::kSafetensors) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("'{}': the per-rank readers read safetensors checkpoints only", checkpoint.string()));
+  }
+  uint64_t total = 0;
+  for (const ShardInfo& shard : catalog.shards) total += shard.file_size;
+  return total;
+}
+
+// A scratch directory removed however the run ends: it holds a synthesized checkpoint of S bytes.
+struct WorkDir {
+  fs::path path;
+  explicit WorkDir(fs::path p) : path(std::move(p)) { fs::create_directories(path); }
+  ~WorkDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+};
+
+// For each K, every method runs one after the other, so each K's rows are measured side by side.
+int run_nodes(const NodesArgs& args) {
+  const uint64_t size = args.checkpoint.empty() ? parse_size(args.size) : 0;  // bad sizes fail before any work
+  const fs::path out_dir = fs::absolute(args.out).parent_path();
+  fs::create_directories(out_dir);
+  const WorkDir scratch(fs::temp_directory_path() / fmt::format("shardcast-bench-{}", getpid()));
+  const fs::path& work = scratch.path;
+  fs::path checkpoint = args.checkpoint;
+  if (checkpoint.empty()) {
+    checkpoint = work / "checkpoint";
+    synthesize_checkpoint(checkpoint, size, 0, CheckpointFormat::kSafetensors, true);
+  }
+  const uint64_t bytes = catalog_bytes(checkpoint);
+
+  const uint64_t node_memory = read_meminfo().total;
+  std::vector<JobRun> runs;
+  for (int k : args.nodes) {
+    for (const std::string& name : args.methods) {
+      const Method& m = node_methods().at(name);
+      const double needed = expected_job_multiple(m.key, k, args.ranks_per_node) * bytes;
+      if (needed > 0.8 * node_memory) {
+        JobRun skipped;
+        skipped.method = m.name;
+        skipped.nodes = k;
+        skipped.ranks = k * args.ranks_per_node;
+        skipped.skipped = fmt::format("needs about {} of {} RAM", format_size(static_cast<uint64_t>(needed)),
+                                      format_size(node_memory));
+        fmt::print(stderr, "shardcast-bench: skipping {} on {} node(s): {}\n", m.name, k, skipped.skipped);
+        runs.push_back(skipped);
+        continue;
+      }
+      fmt::print(stderr, "shardcast-bench: {} on {} node(s) of {} rank(s) ...\n", m.name, k, args.ranks_per_node);
+      runs.push_back(run_job(m, k, args.ranks_per_node, checkpoint, work, !args.warm));
+    }
+  }
+
+  nlohmann::ordered_json out;
+  out["checkpoint_bytes"] = bytes;
+  out["ranks_per_node"] = args.ranks_per_node;
+  out["cold_page_cache"] = !args.warm;
+  out["cores"] = std::thread::hardware_concurrency();
+  out["runs"] = nlohmann::ordered_json::array();
+  for (const JobRun& r : runs) out["runs"].push_back(job_json(r, bytes));
+  write_file(args.out + ".json", out.dump(2) + "\n");
+  write_nodes_table(out, args.out);
+  return 0;
+}
+
+// Counts as CLI11 validates them: a whole number of at least one, with the offending text in the message.
+std::string at_least_one(const std::string& text) {
+  int value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) return fmt::format("'{}' is not a whole number", text);
+  if (value < 1) return fmt::format("{} is not a count: it must be 1 or more", text);
+  return {};
+}
+
+CLI::App* add_nodes(CLI::App& app, NodesArgs& args) {
+  auto* cmd = app.add_subcommand(
+      "nodes", "Storage bytes read by the whole job on K virtual nodes: shardcast against the per-rank readers");
+  const CLI::Validator count(at_least_one, "COUNT>=1");
+  auto* checkpoint =
+      cmd->add_option("--checkpoint", args.checkpoint, "safetensors checkpoint (directory, index or file)")
+          ->check(CLI::ExistingPath);
+  cmd->add_option("--size", args.size, "size of the synthesized checkpoint (without --checkpoint)")
+      ->capture_default_str()
+      ->excludes(checkpoint);
+  cmd->add_option("--nodes", args.nodes, "virtual node counts K to try, each a job of K x --ranks-per-node ranks")
+      ->delimiter(',')
+      ->check(count)
+      ->capture_default_str();
+  cmd->add_option("--ranks-per-node", args.ranks_per_node, "ranks per virtual node (SHARDCAST_RANKS_PER_NODE)")
+      ->check(count)
+      ->capture_default_str();
+  cmd->add_option("--methods", args.methods, "loaders to compare")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"naive", "mmap", "shardcast"}))
+      ->capture_default_str();
+  cmd->add_option("--out", args.out, "prefix of the .json and .md written")->capture_default_str();
+  cmd->add_flag("--warm", args.warm, "keep the page cache between runs (default: drop it, as root)");
+  return cmd;
+}
+
 std::string read_text(const fs::path& p) {
   std::ifstream in(p);
   return std::string(std::istreambuf_iterator<char>(in), {});
@@ -266,10 +501,7 @@ int run_demo(const fs::path& checkpoint, int ranks) {
                report["tensors"].get<int>(), report["seconds"].get<double>(),
                format_size(report["rank_bytes_read"].get<uint64_t>()), same ? "match shardcast digest" : "DIFFER");
   }
-  uint64_t bytes = 0;
-  for (const auto& e : fs::directory_iterator(checkpoint)) {
-    if (e.path().extension() == ".safetensors") bytes += e.file_size();
-  }
+  const uint64_t bytes = safetensors_bytes(checkpoint);
   // Node-wide, as DESIGN.md counts it (see node_memory.h): anonymous + shared memory at the peak of the load, minus
   // the same for the tiny checkpoint (the ranks' runtime). Other work on the machine moves it too: run it quietly.
   const uint64_t held_bytes =
@@ -289,7 +521,7 @@ int run_demo(const fs::path& checkpoint, int ranks) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"shardcast-bench: node memory and load time, shardcast against per-rank loaders"};
+  CLI::App app{"shardcast-bench: node memory, load time and storage bytes per job, shardcast against per-rank loaders"};
   app.require_subcommand(1);
 
   auto* run = app.add_subcommand("run", "Run the matrix of methods x ranks per node under mpirun");
@@ -307,11 +539,14 @@ int main(int argc, char** argv) {
   run->add_flag("--warm", warm,
                 "keep the page cache between runs (default: drop it, as root, so each run reads storage)");
 
-  auto* rank = app.add_subcommand("rank", "One rank of a baseline loader (run by `run` under mpirun)");
+  auto* rank = app.add_subcommand("rank", "One rank of a baseline loader (run by `run` and `nodes` under mpirun)");
   std::string method, rank_checkpoint, report;
   rank->add_option("--method", method)->required()->check(CLI::IsMember({"naive", "mmap"}));
   rank->add_option("CHECKPOINT", rank_checkpoint)->required();
   rank->add_option("--report-out", report)->required();
+
+  NodesArgs nodes_args;
+  auto* nodes = add_nodes(app, nodes_args);
 
   auto* measure = app.add_subcommand("measure", "Run a command and print its peak node memory as JSON");
   std::vector<std::string> command;
@@ -332,6 +567,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     if (*run) return run_matrix(checkpoint, size, ranks, methods, out, !warm);
     if (*demo) return run_demo(demo_checkpoint, demo_ranks);
+    if (*nodes) return run_nodes(nodes_args);
     if (*plot) {
       std::ifstream in(plot_json);
       auto results = nlohmann::ordered_json::parse(in);
@@ -344,7 +580,9 @@ int main(int argc, char** argv) {
       std::string path = report;
       auto at = path.find("{rank}");
       if (at != std::string::npos) path.replace(at, 6, r ? r : "0");
-      std::ofstream(path) << nlohmann::json{{"seconds", seconds}}.dump() << "\n";
+      // The same counter and key as `shardcast load --report-out`, so `nodes` sums both kinds of report alike.
+      std::ofstream(path) << nlohmann::json{{"seconds", seconds}, {"rank_bytes_read", checkpoint_bytes_read()}}.dump()
+                          << "\n";
       return 0;
     }
     Measurement m = measure_command(command);
