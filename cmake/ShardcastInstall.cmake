@@ -1,7 +1,7 @@
 # `cmake --install` puts the CLI, the libraries, the headers and a package config for find_package(shardcast).
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
-install(TARGETS shardcast RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS shardcast shardcast-run RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(TARGETS shardcast_core shardcast_shm shardcast_launch shardcast_coordinator shardcast_worker EXPORT shardcastTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(DIRECTORY core shm launch coordinator worker DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/shardcast

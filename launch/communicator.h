@@ -44,8 +44,18 @@ std::unique_ptr<Communicator> make_self_communicator();
 // Ranks meet through a c10d FileStore in `path` (a file all ranks can reach): forked test ranks, single-node jobs.
 std::unique_ptr<Communicator> make_file_store_communicator(const std::filesystem::path& path, int rank, int size);
 
+// Ranks meet through a c10d TCPStore at host:port (torchrun-style launches). Rank 0 hosts it unless `launcher_hosts`
+// (torchrun's agent store); keys live under `key_prefix`. Connecting waits up to `timeout` for the store to come up.
+std::unique_ptr<Communicator> make_tcp_store_communicator(const std::string& host, int port, int rank, int size,
+                                                          bool launcher_hosts, const std::string& key_prefix,
+                                                          Timeout timeout);
+
 // Open MPI's MPI_COMM_WORLD; initialises MPI on first use and finalizes it at exit.
 std::unique_ptr<Communicator> make_mpi_world_communicator();
-bool launched_by_mpi();  // OMPI_COMM_WORLD_SIZE or PMI_SIZE/PMIX_RANK in the environment
+
+struct LaunchEnv;
+// The communicator the launcher implies: MPI under Open MPI, SLURM (PMIx) and PMI launchers; a TCPStore for
+// torchrun-style launches; this process alone otherwise. Throws if its rank or size disagrees with the launcher's.
+std::unique_ptr<Communicator> make_world_communicator(const LaunchEnv& env, Timeout timeout);
 
 }  // namespace shardcast

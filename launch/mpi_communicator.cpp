@@ -47,12 +47,27 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string kind() const override { return "mpi"; }
 
+  // Sizes travel to rank 0 point to point first, so that on a timeout rank 0 can name the ranks that never arrived
+  // (a collective would only say that it did not finish). The other ranks wait longer than rank 0, so its message,
+  // which names them, comes first.
   std::vector<std::string> all_gather(const std::string& mine, const std::string& what, Timeout timeout) override {
     int my_size = static_cast<int>(mine.size());
     std::vector<int> sizes(size_);
+    if (rank_ == 0) {
+      sizes[0] = my_size;
+      std::vector<MPI_Request> arrivals(size_, MPI_REQUEST_NULL);
+      for (int r = 1; r < size_; ++r) {
+        check(MPI_Irecv(&sizes[r], 1, MPI_INT, r, kArrivalTag, comm_, &arrivals[r]), "MPI_Irecv");
+      }
+      wait(arrivals, what, timeout);
+    } else {
+      MPI_Request arrival;
+      check(MPI_Isend(&my_size, 1, MPI_INT, 0, kArrivalTag, comm_, &arrival), "MPI_Isend");
+      wait_for_rank_zero(&arrival, what, timeout);
+    }
     MPI_Request request;
-    check(MPI_Iallgather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, comm_, &request), "MPI_Iallgather");
-    wait(&request, what, timeout);
+    check(MPI_Ibcast(sizes.data(), size_, MPI_INT, 0, comm_, &request), "MPI_Ibcast");
+    wait_for_rank_zero(&request, what, timeout);
     std::vector<int> displacements(size_);
     long long total = 0;
     for (int r = 0; r < size_; ++r) {
@@ -65,7 +80,7 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Iallgatherv(mine.data(), my_size, MPI_BYTE, all.data(), sizes.data(), displacements.data(), MPI_BYTE,
                           comm_, &request),
           "MPI_Iallgatherv");
-    wait(&request, what, timeout);
+    wait_for_rank_zero(&request, what, timeout);
     std::vector<std::string> values;
     for (int r = 0; r < size_; ++r) values.push_back(all.substr(displacements[r], sizes[r]));
     return values;
@@ -76,16 +91,10 @@ class MpiCommunicator final : public Communicator {
     auto* bytes = static_cast<char*>(data);
     for (size_t offset = 0; offset < size; offset += kChunk) {
       int count = static_cast<int>(std::min(kChunk, size - offset));
-      MPI_Request request;
-      check(MPI_Ibcast(bytes + offset, count, MPI_BYTE, root, comm_, &request), "MPI_Ibcast");
-      wait(&request, what, timeout);
+      std::vector<MPI_Request> request(1);
+      check(MPI_Ibcast(bytes + offset, count, MPI_BYTE, root, comm_, request.data()), "MPI_Ibcast");
+      wait(request, what, timeout, /*by_rank=*/false);
     }
-  }
-
-  void barrier(const std::string& what, Timeout timeout) override {
-    MPI_Request request;
-    check(MPI_Ibarrier(comm_, &request), "MPI_Ibarrier");
-    wait(&request, what, timeout);
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& what, Timeout timeout) override {
@@ -109,27 +118,51 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  void wait(MPI_Request* request, const std::string& what, Timeout timeout) {
+  static constexpr int kArrivalTag = 0x5c;
+
+  // Polls until every request completes. At the deadline it names the ranks whose request did not: with `by_rank`,
+  // request r is rank r's (MPI_REQUEST_NULL where there is none); otherwise they belong to one collective, and MPI
+  // cannot say which rank is late.
+  void wait(std::vector<MPI_Request>& requests, const std::string& what, Timeout timeout, bool by_rank = true) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     auto pause = std::chrono::microseconds(20);
     for (;;) {
       int done = 0;
-      check(MPI_Test(request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
       if (done) return;
       if (std::chrono::steady_clock::now() > deadline) {
-        // MPI cannot cancel a started collective, and it still owns our buffers: returning would let it write into
-        // freed memory later. Say why and end the job; the next load or `shardcast gc` removes leftover segments.
-        std::fprintf(stderr,
-                     "shardcast: error: rank %d of %d timed out after %lld s in '%s': another rank died or is stuck "
-                     "(MPI does not say which); aborting the job\n",
-                     rank_, size_,
-                     static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()),
-                     what.c_str());
-        MPI_Abort(MPI_COMM_WORLD, 3);
+        if (!by_rank) abort_job(what, timeout, "another rank (the collective does not say which)");
+        std::vector<int> missing;
+        for (int r = 0; r < static_cast<int>(requests.size()); ++r) {
+          int arrived = 0;
+          if (requests[r] != MPI_REQUEST_NULL) MPI_Test(&requests[r], &arrived, MPI_STATUS_IGNORE);
+          if (requests[r] != MPI_REQUEST_NULL && !arrived) missing.push_back(r);
+        }
+        abort_job(what, timeout, fmt::format("rank(s) {}", fmt::join(missing, ", ")));
       }
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
     }
+  }
+
+  // Rank 0 names the missing ranks after `timeout`; the others give it a head start before they blame rank 0.
+  void wait_for_rank_zero(MPI_Request* request, const std::string& what, Timeout timeout) {
+    std::vector<MPI_Request> requests(size_, MPI_REQUEST_NULL);
+    requests[0] = *request;
+    wait(requests, what, rank_ == 0 ? timeout : timeout + timeout / 10 + std::chrono::seconds(5));
+  }
+
+  // MPI cannot cancel a started collective, and it still owns our buffers: returning would let it write into freed
+  // memory later. Say why and end the job; the next load, `shardcast gc` or shardcast-run removes leftover segments.
+  [[noreturn]] void abort_job(const std::string& what, Timeout timeout, const std::string& missing) {
+    std::fprintf(stderr,
+                 "shardcast: error: rank %d of %d timed out after %lld s in '%s' waiting for %s (dead or stuck); "
+                 "aborting the job\n",
+                 rank_, size_,
+                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()),
+                 what.c_str(), missing.c_str());
+    MPI_Abort(MPI_COMM_WORLD, 3);
+    std::abort();  // MPI_Abort does not return
   }
 
   MPI_Comm comm_;
@@ -139,10 +172,6 @@ class MpiCommunicator final : public Communicator {
 };
 
 }  // namespace
-
-bool launched_by_mpi() {
-  return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_SIZE");
-}
 
 std::unique_ptr<Communicator> make_mpi_world_communicator() {
   int initialized = 0;

@@ -1,10 +1,16 @@
 // Collectives over a c10d::Store (LibTorch's FileStore/TCPStore): each rank writes a key, then waits for the others'.
+// Broadcasts, which carry the bulk data (the catalog, segments exchanged between nodes), go over a Gloo process group
+// rendezvoused through the same store: peer to peer, rather than every byte relayed by the store's host.
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <thread>
 
 #include <fmt/format.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "core/error.h"
 #include "launch/communicator.h"
@@ -14,8 +20,31 @@ namespace {
 
 class StoreCommunicator final : public Communicator {
  public:
-  StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix, int rank, int size)
-      : store_(std::move(store)), prefix_(std::move(prefix)), rank_(rank), size_(size) {}
+  // `hosts_store`: this rank's process serves the store, so its world communicator waits for every rank to check out
+  // before letting it go; otherwise the last collective's readers could find the store gone.
+  StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix, int rank, int size,
+                    bool is_world = false, bool hosts_store = false, Timeout close_timeout = Timeout(0))
+      : store_(std::move(store)),
+        prefix_(std::move(prefix)),
+        rank_(rank),
+        size_(size),
+        is_world_(is_world),
+        hosts_store_(hosts_store),
+        close_timeout_(close_timeout) {}
+
+  ~StoreCommunicator() override {
+    if (!is_world_) return;
+    try {
+      const std::string key = prefix_ + "/checked-out";
+      store_->add(key, 1);
+      const auto deadline = std::chrono::steady_clock::now() + close_timeout_;
+      while (hosts_store_ && store_->add(key, 0) < size_ && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    } catch (const std::exception&) {
+      // A rank that failed earlier already reported why; closing must not throw from a destructor.
+    }
+  }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -36,18 +65,21 @@ class StoreCommunicator final : public Communicator {
   }
 
   void broadcast(void* data, size_t size, int root, const std::string& what, Timeout timeout) override {
-    const std::string key = fmt::format("{}/{}/bcast", prefix_, seq_++);
-    if (rank_ == root) {
-      set(key, std::string(static_cast<const char*>(data), size));
-      return;
+    if (size_ == 1 || size == 0) return;
+    try {
+      std::vector<at::Tensor> tensors{
+          at::from_blob(data, {static_cast<int64_t>(size)}, at::TensorOptions().dtype(at::kByte))};
+      c10d::BroadcastOptions options;
+      options.rootRank = root;
+      options.timeout = timeout;
+      gloo(timeout)->broadcast(tensors, options)->wait(timeout);
+    } catch (const std::exception& e) {
+      const std::string error = e.what();
+      const bool timed_out = error.find("imed out") != std::string::npos;  // Gloo's "Timed out waiting ..."
+      throw Error(timed_out ? ErrorCode::kTimeout : ErrorCode::kSystem,
+                  fmt::format("rank {} of {}: broadcast '{}' from rank {} failed: {}", rank_, size_, what, root,
+                              error.substr(0, error.find('\n'))));
     }
-    wait({key}, what, timeout);
-    std::vector<uint8_t> bytes = store_->get(key);
-    if (bytes.size() != size) {
-      throw Error(ErrorCode::kInvalidArgument, fmt::format("broadcast '{}': root sent {} bytes, rank {} expected {}",
-                                                           what, bytes.size(), rank_, size));
-    }
-    std::copy(bytes.begin(), bytes.end(), static_cast<uint8_t*>(data));
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& what, Timeout timeout) override {
@@ -67,6 +99,23 @@ class StoreCommunicator final : public Communicator {
   }
 
  private:
+  // Made on the first broadcast, which every rank of this communicator enters together (it is a collective).
+  c10d::ProcessGroupGloo* gloo(Timeout timeout) {
+    if (!gloo_) {
+      auto options = c10d::ProcessGroupGloo::Options::create();
+      options->timeout = timeout;
+      // As torch.distributed: GLOO_SOCKET_IFNAME picks the network interface, else the address the host name
+      // resolves to.
+      const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
+      options->devices.push_back(interface ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
+                                           : c10d::ProcessGroupGloo::createDefaultDevice());
+      gloo_ = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          c10::make_intrusive<c10d::PrefixStore>(fmt::format("{}/gloo{}", prefix_, seq_++), store_), rank_, size_,
+          options);
+    }
+    return gloo_.get();
+  }
+
   void set(const std::string& key, const std::string& value) {
     try {
       store_->set(key, std::vector<uint8_t>(value.begin(), value.end()));
@@ -102,6 +151,10 @@ class StoreCommunicator final : public Communicator {
   std::string prefix_;
   int rank_;
   int size_;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_;
+  bool is_world_;
+  bool hosts_store_;
+  Timeout close_timeout_;
   uint64_t seq_ = 0;
 };
 
@@ -110,11 +163,37 @@ class StoreCommunicator final : public Communicator {
 std::unique_ptr<Communicator> make_file_store_communicator(const std::filesystem::path& path, int rank, int size) {
   try {
     auto store = c10::make_intrusive<c10d::FileStore>(path.string(), size);
-    return std::make_unique<StoreCommunicator>(store, "sc", rank, size);
+    return std::make_unique<StoreCommunicator>(store, "sc", rank, size, /*is_world=*/true);
   } catch (const c10::Error& e) {
     throw Error(ErrorCode::kSystem, fmt::format("cannot open the rendezvous file store '{}': {}", path.string(),
                                                 e.what_without_backtrace()));
   }
+}
+
+std::unique_ptr<Communicator> make_tcp_store_communicator(const std::string& host, int port, int rank, int size,
+                                                          bool launcher_hosts, const std::string& key_prefix,
+                                                          Timeout timeout) {
+  c10d::TCPStoreOptions options;
+  options.port = static_cast<uint16_t>(port);
+  options.isServer = rank == 0 && !launcher_hosts;
+  options.waitWorkers = false;  // our collectives wait, with timeouts that name the missing ranks
+  options.timeout = timeout;
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::PrefixStore>(key_prefix, c10::make_intrusive<c10d::TCPStore>(host, options));
+  } catch (const std::exception& e) {
+    const std::string error = e.what();
+    throw Error(ErrorCode::kSystem,
+                options.isServer
+                    ? fmt::format("rank 0 cannot host the rendezvous store on port {} (MASTER_PORT): {}", port,
+                                  error.substr(0, error.find('\n')))
+                    : fmt::format("rank {} of {} cannot reach the rendezvous store at {}:{} (MASTER_ADDR:MASTER_PORT, "
+                                  "hosted by {}) within {} s: {}",
+                                  rank, size, host, port, launcher_hosts ? "the launcher" : "rank 0",
+                                  std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
+                                  error.substr(0, error.find('\n'))));
+  }
+  return std::make_unique<StoreCommunicator>(store, "sc", rank, size, /*is_world=*/true, options.isServer, timeout);
 }
 
 }  // namespace shardcast

@@ -3,25 +3,15 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <map>
 
 #include <fmt/format.h>
 
-#include "core/error.h"
-
 namespace shardcast {
 namespace {
 
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
-std::string job_id_from_environment() {
-  if (!env("SHARDCAST_JOB_ID").empty()) return env("SHARDCAST_JOB_ID");
-  if (!env("SLURM_JOB_ID").empty()) return "slurm" + env("SLURM_JOB_ID") + "." + env("SLURM_STEP_ID");
-  if (!env("TORCHELASTIC_RUN_ID").empty()) return "torchrun" + env("TORCHELASTIC_RUN_ID");
+std::string make_job_id(const LaunchEnv& launch) {
+  if (!launch.job_id.empty()) return launch.job_id;
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -37,29 +27,24 @@ std::string sanitize_job_id(const std::string& id) {
 }
 
 std::string Topology::describe() const {
-  return fmt::format("rank {}/{} (local {}/{}) on node {}/{}, job '{}', via {}", rank, world_size, local_rank,
-                     local_size, node, node_count, job_id, launcher);
+  return fmt::format("rank {}/{} (local {}/{}) on node {}/{}, job '{}', launched by {} ({}), talking over {}", rank,
+                     world_size, local_rank, local_size, node, node_count, job_id, launcher, evidence, communicator);
 }
 
-Group make_group(std::unique_ptr<Communicator> world, Timeout timeout) {
+Group make_group(std::unique_ptr<Communicator> world, const LaunchEnv& launch, Timeout timeout) {
   Group g;
   Topology& t = g.topology;
   t.rank = world->rank();
   t.world_size = world->size();
-  t.launcher = world->kind();
+  t.launcher = launcher_name(launch.launcher);
+  t.evidence = launch.evidence;
+  t.communicator = world->kind();
 
   // Rank 0's job id wins, so ranks that see different environments still agree.
-  t.job_id = sanitize_job_id(world->all_gather(t.rank == 0 ? job_id_from_environment() : "", "job id", timeout)[0]);
+  t.job_id = sanitize_job_id(world->all_gather(t.rank == 0 ? make_job_id(launch) : "", "job id", timeout)[0]);
 
-  // SHARDCAST_RANKS_PER_NODE=k groups ranks into virtual nodes of k consecutive ranks: tests simulate several nodes on
-  // one machine with it, and it fixes hosts whose launcher groups ranks oddly.
-  std::string key = world->node_key(timeout);
-  if (!env("SHARDCAST_RANKS_PER_NODE").empty()) {
-    const int per_node = std::atoi(env("SHARDCAST_RANKS_PER_NODE").c_str());
-    if (per_node <= 0)
-      throw Error(ErrorCode::kInvalidArgument, "SHARDCAST_RANKS_PER_NODE must be a positive number of ranks");
-    key = fmt::format("virtual-node-{}", t.rank / per_node);
-  }
+  const std::string key = launch.ranks_per_node > 0 ? fmt::format("virtual-node-{}", t.rank / launch.ranks_per_node)
+                                                    : world->node_key(timeout);
   auto keys = world->all_gather(key, "node grouping", timeout);
   std::map<std::string, int> node_of_key;  // in order of first appearance by rank
   std::vector<int> node_of_rank(t.world_size);

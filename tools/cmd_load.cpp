@@ -63,7 +63,7 @@ uint64_t peak_rss_bytes() {
 
 void run_load(const LoadArgs& args) {
   const auto start = std::chrono::steady_clock::now();
-  Session session = Session::from_env();
+  Session session = Session::from_env(std::chrono::seconds(args.timeout_s));
   const Topology& topo = session.topology();
   LoadOptions options;
   options.placement = parse_placement(args.placement);
@@ -103,6 +103,8 @@ void run_load(const LoadArgs& args) {
     report["node_count"] = topo.node_count;
     report["job_id"] = topo.job_id;
     report["launcher"] = topo.launcher;
+    report["launch_evidence"] = topo.evidence;
+    report["communicator"] = topo.communicator;
     report["checkpoint"] = args.checkpoint;
     report["placement"] = args.placement;
     report["dtype"] = args.dtype;

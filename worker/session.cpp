@@ -70,12 +70,13 @@ std::vector<std::filesystem::path> save_sharded(const StateDict& state, const st
   return shardcast::save_sharded(tensors, dir, options);
 }
 
-Session Session::from_env() {
-  return Session(launched_by_mpi() ? make_mpi_world_communicator() : make_self_communicator());
+Session Session::from_env(Timeout timeout) {
+  const LaunchEnv env = detect_launch_env();
+  return Session(make_world_communicator(env, timeout), timeout, env);
 }
 
-Session::Session(std::unique_ptr<Communicator> world, Timeout timeout)
-    : impl_(std::make_unique<Impl>(make_group(std::move(world), timeout))) {}
+Session::Session(std::unique_ptr<Communicator> world, Timeout timeout, const LaunchEnv& env)
+    : impl_(std::make_unique<Impl>(make_group(std::move(world), env, timeout))) {}
 Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;

@@ -44,10 +44,12 @@ std::vector<std::filesystem::path> save_sharded(const StateDict& state, const st
 
 class Session {
  public:
-  // mpirun / srun with PMIx: MPI; otherwise a single process.
-  static Session from_env();
-  // Any communicator (forked test ranks use a file store). `timeout` bounds the set-up collectives.
-  explicit Session(std::unique_ptr<Communicator> world, Timeout timeout = std::chrono::minutes(2));
+  // Whatever launched this process (launch/launch_env.h): MPI under mpirun, srun --mpi=pmix or PMI launchers; a c10d
+  // TCPStore under torchrun or shardcast-run; otherwise a job of one. `timeout` bounds meeting the other ranks.
+  static Session from_env(Timeout timeout = std::chrono::minutes(2));
+  // Any communicator (forked test ranks use a file store); `env` supplies the job id and virtual nodes.
+  explicit Session(std::unique_ptr<Communicator> world, Timeout timeout = std::chrono::minutes(2),
+                   const LaunchEnv& env = detect_launch_env());
   ~Session();
   Session(Session&&) noexcept;
   Session& operator=(Session&&) noexcept;

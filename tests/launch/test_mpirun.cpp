@@ -4,12 +4,8 @@
 
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
-#include "coordinator/catalog.h"
-#include "coordinator/digest.h"
 #include "coordinator/synth.h"
-#include "shm/segment.h"
+#include "tests/support/load_job.h"
 #include "tests/support/run_command.h"
 #include "tests/support/temp_dir.h"
 
@@ -19,7 +15,8 @@ namespace {
 namespace fs = std::filesystem;
 using testing::TempDir;
 
-testing::CommandResult mpirun(int ranks, const std::vector<std::string>& args, int ranks_per_node = 0) {
+testing::CommandResult mpirun(int ranks, const std::vector<std::string>& args, int ranks_per_node = 0,
+                              const std::string& program = SHARDCAST_CLI_PATH) {
   std::vector<std::string> argv{"/usr/bin/mpirun", "-np",       std::to_string(ranks),
                                 "--oversubscribe", "--bind-to", "none"};
   if (ranks_per_node > 0) {
@@ -27,23 +24,9 @@ testing::CommandResult mpirun(int ranks, const std::vector<std::string>& args, i
     argv.push_back("SHARDCAST_RANKS_PER_NODE=" + std::to_string(ranks_per_node));
   }
   if (geteuid() == 0) argv.push_back("--allow-run-as-root");
-  argv.push_back(SHARDCAST_CLI_PATH);
+  argv.push_back(program);
   argv.insert(argv.end(), args.begin(), args.end());
   return testing::run_command(argv, std::chrono::seconds(180));
-}
-
-std::vector<std::string> segments_in_dev_shm() {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator("/dev/shm")) {
-    if (e.path().filename().string().rfind(shm::kNamePrefix, 0) == 0) names.push_back(e.path().filename().string());
-  }
-  return names;
-}
-
-std::string expected_digest(const fs::path& checkpoint) {
-  std::string text;
-  for (const auto& line : digest_checkpoint(open_catalog(checkpoint))) text += line + "\n";
-  return text;
 }
 
 struct Case {
@@ -62,26 +45,18 @@ TEST_P(MpirunLoad, EveryRankIsBitExactAndStorageIsReadOnce) {
   const Case c = GetParam();
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 4'000'000, 1'000'000, c.format, true);
-  auto r = mpirun(c.ranks, {"load", (dir / "ckpt").string(), "--placement", c.placement, "--digest-out",
-                            (dir / "digest{rank}").string(), "--report-out", (dir / "report{rank}.json").string()});
+  std::vector<std::string> args{"load", (dir / "ckpt").string(), "--placement", c.placement};
+  for (const std::string& a : testing::load_outputs(dir.path())) args.push_back(a);
+  auto r = mpirun(c.ranks, args);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  const std::string expected = expected_digest(dir / "ckpt");
-  uint64_t read = 0;
-  for (int rank = 0; rank < c.ranks; ++rank) {
-    EXPECT_EQ(testing::read_file(dir / ("digest" + std::to_string(rank))), expected) << "rank " << rank;
-    auto report = nlohmann::json::parse(testing::read_file(dir / ("report" + std::to_string(rank) + ".json")));
-    EXPECT_EQ(report["world_size"], c.ranks);
+  const testing::LoadJob job = testing::expect_bit_exact_job(dir.path(), c.ranks, dir / "ckpt");
+  for (const auto& report : job.reports) {
     EXPECT_EQ(report["local_size"], c.ranks);
-    EXPECT_EQ(report["launcher"], "mpi");
-    read += report["rank_bytes_read"].get<uint64_t>();
+    EXPECT_EQ(report["launcher"], "openmpi");
+    EXPECT_EQ(report["communicator"], "mpi");
   }
-  uint64_t files = 0;
-  for (const auto& e : fs::directory_iterator(dir / "ckpt")) files += e.file_size();
-  // Every tensor byte once, plus what rank 0 reads to build the catalog (index, headers or pickles): far less than one
-  // more shard (a quarter of the checkpoint), which is what reading any shard twice would add.
-  EXPECT_GE(read, 4'000'000u);
-  EXPECT_LT(read, files + files / 10) << "a shard was read twice on one node";
-  EXPECT_TRUE(segments_in_dev_shm().empty());
+  testing::expect_read_once(job, 4'000'000, dir / "ckpt");
+  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(RanksAndPlacements, MpirunLoad,
@@ -103,26 +78,18 @@ TEST_P(VirtualNodes, EveryRankIsBitExactAndTheJobReadsEachByteOnce) {
   const int nodes = std::get<0>(GetParam());
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 6'000'000, 1'000'000, std::get<1>(GetParam()), true);
-  auto r = mpirun(2 * nodes,
-                  {"load", (dir / "ckpt").string(), "--digest-out", (dir / "digest{rank}").string(), "--report-out",
-                   (dir / "report{rank}.json").string()},
-                  /*ranks_per_node=*/2);
+  std::vector<std::string> args{"load", (dir / "ckpt").string()};
+  for (const std::string& a : testing::load_outputs(dir.path())) args.push_back(a);
+  auto r = mpirun(2 * nodes, args, /*ranks_per_node=*/2);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  const std::string expected = expected_digest(dir / "ckpt");
-  uint64_t read = 0;
+  const testing::LoadJob job = testing::expect_bit_exact_job(dir.path(), 2 * nodes, dir / "ckpt");
   for (int rank = 0; rank < 2 * nodes; ++rank) {
-    EXPECT_EQ(testing::read_file(dir / ("digest" + std::to_string(rank))), expected) << "rank " << rank;
-    auto report = nlohmann::json::parse(testing::read_file(dir / ("report" + std::to_string(rank) + ".json")));
-    EXPECT_EQ(report["node_count"], nodes);
-    EXPECT_EQ(report["node"], rank / 2);
-    EXPECT_EQ(report["local_size"], 2);
-    read += report["rank_bytes_read"].get<uint64_t>();
+    EXPECT_EQ(job.reports[rank]["node_count"], nodes);
+    EXPECT_EQ(job.reports[rank]["node"], rank / 2);
+    EXPECT_EQ(job.reports[rank]["local_size"], 2);
   }
-  uint64_t files = 0;
-  for (const auto& e : fs::directory_iterator(dir / "ckpt")) files += e.file_size();
-  EXPECT_GE(read, 6'000'000u);
-  EXPECT_LT(read, files + files / 10) << "the job read some shard more than once";
-  EXPECT_TRUE(segments_in_dev_shm().empty());
+  testing::expect_read_once(job, 6'000'000, dir / "ckpt");
+  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(TwoAndThree, VirtualNodes,
@@ -139,7 +106,18 @@ TEST(Mpirun, AMissingCheckpointFailsEveryRankWithRankZerosReason) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("checkpoint '" + (dir / "missing").string() + "' does not exist"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("rank 0 could not read checkpoint"), std::string::npos) << r.err;
-  EXPECT_TRUE(segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+}
+
+// A rank that never reaches a collective: rank 0 names it at the timeout and the job ends (MPI cannot cancel the
+// collective, so the communicator aborts), well before the straggler would have arrived.
+TEST(Mpirun, AStragglerIsNamedAtTheTimeoutAndTheJobEnds) {
+  const auto start = std::chrono::steady_clock::now();
+  auto r = mpirun(3, {"2"}, 0, SHARDCAST_MPI_STRAGGLER_PATH);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("rank 0 of 3 timed out after 2 s in 'straggler test' waiting for rank(s) 2"), std::string::npos)
+      << r.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
 }  // namespace

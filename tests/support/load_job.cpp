@@ -1,0 +1,54 @@
+#include "tests/support/load_job.h"
+
+#include <gtest/gtest.h>
+
+#include "coordinator/catalog.h"
+#include "coordinator/digest.h"
+#include "shm/segment.h"
+#include "tests/support/temp_dir.h"
+
+namespace shardcast::testing {
+
+namespace fs = std::filesystem;
+
+std::vector<std::string> load_outputs(const fs::path& dir) {
+  return {"--digest-out", (dir / "digest{rank}").string(), "--report-out", (dir / "report{rank}.json").string()};
+}
+
+LoadJob expect_bit_exact_job(const fs::path& dir, int ranks, const fs::path& checkpoint) {
+  std::string expected;
+  for (const auto& line : digest_checkpoint(open_catalog(checkpoint))) expected += line + "\n";
+  LoadJob job;
+  for (int rank = 0; rank < ranks; ++rank) {
+    const fs::path digest = dir / ("digest" + std::to_string(rank));
+    const fs::path report = dir / ("report" + std::to_string(rank) + ".json");
+    if (!fs::exists(digest) || !fs::exists(report)) {
+      ADD_FAILURE() << "rank " << rank << " wrote no digest or report in " << dir;
+      job.reports.emplace_back();
+      continue;
+    }
+    EXPECT_EQ(read_file(digest), expected) << "rank " << rank;
+    job.reports.push_back(nlohmann::json::parse(read_file(report)));
+    EXPECT_EQ(job.reports.back()["rank"], rank);
+    EXPECT_EQ(job.reports.back()["world_size"], ranks);
+    job.bytes_read += job.reports.back()["rank_bytes_read"].get<uint64_t>();
+  }
+  return job;
+}
+
+void expect_read_once(const LoadJob& job, uint64_t tensor_bytes, const fs::path& checkpoint) {
+  uint64_t files = 0;
+  for (const auto& e : fs::directory_iterator(checkpoint)) files += e.file_size();
+  EXPECT_GE(job.bytes_read, tensor_bytes);
+  EXPECT_LT(job.bytes_read, files + files / 10) << "the job read some shard more than once";
+}
+
+std::vector<std::string> segments_in_dev_shm() {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator("/dev/shm")) {
+    if (e.path().filename().string().rfind(shm::kNamePrefix, 0) == 0) names.push_back(e.path().filename().string());
+  }
+  return names;
+}
+
+}  // namespace shardcast::testing
