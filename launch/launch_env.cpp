@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -80,11 +81,12 @@ LaunchEnv from_torchrun(const Env& env) {
     throw Error(ErrorCode::kInvalidArgument, fmt::format("RANK={} is not below WORLD_SIZE={}", e.rank, e.world_size));
   }
   e.agent_store = env.text("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
-  // A restarted attempt must not read the keys of the one before it.
-  e.store_namespace = "shardcast/attempt" + env.text("TORCHELASTIC_RESTART_COUNT").value_or("0");
-  // torchrun's default run id is the literal "none": shared by every job that did not pass --rdzv-id, so useless.
+  // torchrun's default run id is the literal "none": shared by every job that did not pass --rdzv-id, so no job id.
   const std::string run_id = env.text("TORCHELASTIC_RUN_ID").value_or("none");
   if (run_id != "none") e.job_id = "torchrun-" + run_id;
+  // Another job's ranks that reach this store by mistake, or a restarted attempt, must not read these keys.
+  e.store_namespace =
+      fmt::format("shardcast/{}/attempt{}", run_id, env.text("TORCHELASTIC_RESTART_COUNT").value_or("0"));
   e.evidence = env.show({"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"});
   return e;
 }

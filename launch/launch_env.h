@@ -1,6 +1,7 @@
 // What launched this process, read from the environment alone: Open MPI's mpirun, SLURM's srun, an MPICH-style PMI
 // launcher, or a torchrun-style launcher (torchrun, shardcast-run, or a script setting RANK/WORLD_SIZE/MASTER_*). The
-// communicator is chosen from it (worker/session.cpp); `evidence` says which variables decided, for logs and errors.
+// communicator is chosen from it (world_communicator.cpp); `evidence` says which variables decided, for logs and
+// errors.
 #pragma once
 
 #include <functional>
@@ -22,7 +23,8 @@ const char* launcher_name(Launcher launcher);
 struct LaunchEnv {
   Launcher launcher = Launcher::kNone;
   std::string evidence;  // e.g. "OMPI_COMM_WORLD_SIZE=4", or why none was found
-  // What the launcher says; -1 where it says nothing. The communicator's own numbers are checked against these.
+  // What the launcher says; -1 where it says nothing. The communicator's rank and size are checked against rank and
+  // world_size; the rest is for describe() and callers (local ranks come from grouping by host, not from here).
   int rank = -1;
   int world_size = -1;
   int local_rank = -1;

@@ -145,11 +145,17 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
-  // Rank 0 names the missing ranks after `timeout`; the others give it a head start before they blame rank 0.
+  // Rank 0 names the missing ranks after `timeout`; the others give it a head start before they blame rank 0. On rank
+  // 0 this is a collective every rank had already reached, so a rank that died since cannot be told apart.
   void wait_for_rank_zero(MPI_Request* request, const std::string& what, Timeout timeout) {
+    if (rank_ == 0) {
+      std::vector<MPI_Request> requests{*request};
+      wait(requests, what, timeout, /*by_rank=*/false);
+      return;
+    }
     std::vector<MPI_Request> requests(size_, MPI_REQUEST_NULL);
     requests[0] = *request;
-    wait(requests, what, rank_ == 0 ? timeout : timeout + timeout / 10 + std::chrono::seconds(5));
+    wait(requests, what, timeout + timeout / 10 + std::chrono::seconds(5));
   }
 
   // MPI cannot cancel a started collective, and it still owns our buffers: returning would let it write into freed

@@ -26,7 +26,7 @@ struct Args {
   int nnodes = 1;
   int node_rank = 0;
   std::string master_addr = "127.0.0.1";
-  int master_port = 29500;
+  int master_port = 0;  // 0: 29500 across nodes; a free port on one node, so concurrent jobs on a host do not meet
   std::string rdzv_id = "none";  // torchrun's default; shardcast then lets rank 0 make the job id
   bool standalone = false;
   double stop_timeout_s = 10;
@@ -46,16 +46,15 @@ void remove_leftover_segments() {
 
 // A port nothing listens on now (the kernel's pick), for --standalone.
 int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t length = sizeof(addr);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
-    throw shardcast::Error(shardcast::ErrorCode::kSystem, "--standalone: cannot find a free TCP port");
-  }
-  ::close(fd);
+  const bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) == 0;
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw shardcast::Error(shardcast::ErrorCode::kSystem, "cannot find a free TCP port for the rendezvous");
   return ntohs(addr.sin_port);
 }
 
@@ -109,21 +108,29 @@ int main(int argc, char** argv) {
   app.add_option("--master-addr,--master_addr", a.master_addr,
                  "host of global rank 0, which hosts the rendezvous store")
       ->capture_default_str();
-  app.add_option("--master-port,--master_port", a.master_port, "port of the rendezvous store")
-      ->check(CLI::Range(1, 65535))
-      ->capture_default_str();
+  app.add_option("--master-port,--master_port", a.master_port,
+                 "port of the rendezvous store (default: 29500 with --nnodes > 1, else a free port)")
+      ->check(CLI::Range(1, 65535));
   app.add_option("--rdzv-id,--rdzv_id", a.rdzv_id, "job id shared by the nodes (TORCHELASTIC_RUN_ID)")
       ->capture_default_str();
-  app.add_flag("--standalone", a.standalone, "one node: rendezvous on localhost at a free port");
+  app.add_flag("--standalone", a.standalone, "one node, rendezvous on localhost (the default with --nnodes 1)");
   app.add_option("--stop-timeout", a.stop_timeout_s, "seconds ranks get to exit after SIGTERM before SIGKILL")
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
   app.prefix_command();  // everything from the first positional on is the command, its flags included
-  app.footer("COMMAND [ARGS...]: the program each rank runs (looked up in PATH), and its arguments");
+  app.footer("COMMAND [ARGS...]: the program each rank runs (looked up in PATH), and its arguments\n");
   CLI11_PARSE(app, argc, argv);
   a.command = app.remaining();
+  if (!a.command.empty() && a.command[0] == "--") a.command.erase(a.command.begin());
   if (a.command.empty()) {
     fmt::print(stderr, "shardcast-run: error: no COMMAND given\n{}", app.help());
+    return 2;
+  }
+  if (a.command[0].size() > 1 && a.command[0][0] == '-') {
+    fmt::print(stderr,
+               "shardcast-run: error: unknown option '{}' (see --help; put -- before a command that starts "
+               "with -)\n",
+               a.command[0]);
     return 2;
   }
 
@@ -133,13 +140,11 @@ int main(int argc, char** argv) {
           shardcast::ErrorCode::kInvalidArgument,
           fmt::format("--node-rank {} is not in 0 .. {} (--nnodes {})", a.node_rank, a.nnodes - 1, a.nnodes));
     }
-    if (a.standalone) {
-      if (a.nnodes != 1) {
-        throw shardcast::Error(shardcast::ErrorCode::kInvalidArgument, "--standalone runs one node: drop --nnodes");
-      }
-      a.master_addr = "127.0.0.1";
-      a.master_port = free_port();
+    if (a.standalone && a.nnodes != 1) {
+      throw shardcast::Error(shardcast::ErrorCode::kInvalidArgument, "--standalone runs one node: drop --nnodes");
     }
+    if (a.standalone) a.master_addr = "127.0.0.1";
+    if (a.master_port == 0) a.master_port = a.nnodes == 1 ? free_port() : 29500;
     shardcast::SupervisorOptions options;
     options.stop_grace = std::chrono::milliseconds(static_cast<long long>(a.stop_timeout_s * 1000));
     const int status = shardcast::supervise(children(a), options);

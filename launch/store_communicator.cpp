@@ -2,7 +2,9 @@
 // Broadcasts, which carry the bulk data (the catalog, segments exchanged between nodes), go over a Gloo process group
 // rendezvoused through the same store: peer to peer, rather than every byte relayed by the store's host.
 #include <algorithm>
+#include <cstdio>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <thread>
 
@@ -18,31 +20,35 @@
 namespace shardcast {
 namespace {
 
+// What the world communicator and its splits share: where the store is (for messages), and whether any collective
+// has failed (then nobody waits for anyone at close).
+struct StoreState {
+  std::string description;  // "the rendezvous store at host:port (hosted by rank 0)"
+  bool failed = false;
+};
+
 class StoreCommunicator final : public Communicator {
  public:
-  // `hosts_store`: this rank's process serves the store, so its world communicator waits for every rank to check out
-  // before letting it go; otherwise the last collective's readers could find the store gone.
+  // `hosts_store`: this rank's process serves the store, so its world communicator waits (bounded) for every rank to
+  // check out before letting it go; otherwise the last collective's readers could find the store gone.
   StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix, int rank, int size,
-                    bool is_world = false, bool hosts_store = false, Timeout close_timeout = Timeout(0))
+                    std::shared_ptr<StoreState> state, bool is_world = false, bool hosts_store = false)
       : store_(std::move(store)),
         prefix_(std::move(prefix)),
         rank_(rank),
         size_(size),
+        state_(std::move(state)),
         is_world_(is_world),
-        hosts_store_(hosts_store),
-        close_timeout_(close_timeout) {}
+        hosts_store_(hosts_store) {}
 
   ~StoreCommunicator() override {
     if (!is_world_) return;
     try {
-      const std::string key = prefix_ + "/checked-out";
-      store_->add(key, 1);
-      const auto deadline = std::chrono::steady_clock::now() + close_timeout_;
-      while (hosts_store_ && store_->add(key, 0) < size_ && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
+      store_->set(fmt::format("{}/checked-out/{}", prefix_, rank_), {});
+      // After a failure the others are failing too; linger only briefly, so they can still ask who is missing.
+      if (hosts_store_) close_store(state_->failed ? std::chrono::seconds(5) : std::chrono::seconds(30));
     } catch (const std::exception&) {
-      // A rank that failed earlier already reported why; closing must not throw from a destructor.
+      // Closing must not throw from a destructor; the store may be gone already.
     }
   }
 
@@ -58,7 +64,7 @@ class StoreCommunicator final : public Communicator {
     wait(keys, what, timeout);
     std::vector<std::string> values;
     for (const std::string& key : keys) {
-      std::vector<uint8_t> bytes = store_->get(key);
+      std::vector<uint8_t> bytes = guarded(what, [&] { return store_->get(key); });
       values.emplace_back(bytes.begin(), bytes.end());
     }
     return values;
@@ -72,8 +78,11 @@ class StoreCommunicator final : public Communicator {
       c10d::BroadcastOptions options;
       options.rootRank = root;
       options.timeout = timeout;
-      gloo(timeout)->broadcast(tensors, options)->wait(timeout);
+      // No timeout on wait: Gloo bounds the operation itself (the process group's timeout), and returning early
+      // would leave Gloo writing into a buffer the caller is about to free.
+      gloo(timeout)->broadcast(tensors, options)->wait();
     } catch (const std::exception& e) {
+      state_->failed = true;
       const std::string error = e.what();
       const bool timed_out = error.find("imed out") != std::string::npos;  // Gloo's "Timed out waiting ..."
       throw Error(timed_out ? ErrorCode::kTimeout : ErrorCode::kSystem,
@@ -95,7 +104,7 @@ class StoreCommunicator final : public Communicator {
     int new_rank =
         static_cast<int>(std::find(members.begin(), members.end(), std::make_pair(key, rank_)) - members.begin());
     return std::make_unique<StoreCommunicator>(store_, fmt::format("{}/split{}/{}", prefix_, split_id, color), new_rank,
-                                               static_cast<int>(members.size()));
+                                               static_cast<int>(members.size()), state_);
   }
 
  private:
@@ -116,12 +125,26 @@ class StoreCommunicator final : public Communicator {
     return gloo_.get();
   }
 
-  void set(const std::string& key, const std::string& value) {
+  // Runs a store call; a broken connection (std::system_error from the TCPStore client, not a c10::Error) means the
+  // store's host is gone.
+  template <typename Call>
+  auto guarded(const std::string& what, Call call) -> decltype(call()) {
     try {
-      store_->set(key, std::vector<uint8_t>(value.begin(), value.end()));
-    } catch (const c10::Error& e) {
-      throw Error(ErrorCode::kSystem, fmt::format("store set '{}' failed: {}", key, e.what_without_backtrace()));
+      return call();
+    } catch (const std::exception& e) {
+      lost_store(what, e);
     }
+  }
+
+  [[noreturn]] void lost_store(const std::string& what, const std::exception& e) {
+    state_->failed = true;
+    const std::string error = e.what();
+    throw Error(ErrorCode::kSystem, fmt::format("rank {} of {} lost {} in '{}': {}", rank_, size_, state_->description,
+                                                what, error.substr(0, error.find('\n'))));
+  }
+
+  void set(const std::string& key, const std::string& value) {
+    guarded("store set", [&] { store_->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
   }
 
   void wait(const std::vector<std::string>& keys, const std::string& what, Timeout timeout) {
@@ -129,41 +152,70 @@ class StoreCommunicator final : public Communicator {
       store_->wait(keys, timeout);
       return;
     } catch (const c10::Error&) {
-      // Timed out (or the store failed): name the ranks that never arrived.
+      // Timed out: name the ranks that never arrived (below).
+    } catch (const std::exception& e) {
+      lost_store(what, e);
     }
+    state_->failed = true;
     std::vector<std::string> missing;
     for (const std::string& key : keys) {
-      bool present = false;
-      try {
-        present = store_->check({key});
-      } catch (const c10::Error&) {
-      }
-      if (!present) missing.push_back(key.substr(key.rfind('/') + 1));
+      if (!guarded(what, [&] { return store_->check({key}); })) missing.push_back(key.substr(key.rfind('/') + 1));
     }
-    throw Error(ErrorCode::kTimeout,
-                fmt::format("rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}", rank_, size_,
-                            std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), what,
-                            missing.empty() ? std::string("(the store did not answer)")
-                                            : fmt::format("{}", fmt::join(missing, ", "))));
+    throw Error(ErrorCode::kTimeout, fmt::format("rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}",
+                                                 rank_, size_, seconds(timeout), what, fmt::join(missing, ", ")));
   }
+
+  // The host keeps the store up until every rank has read the last collective's keys and said so.
+  void close_store(Timeout bound) {
+    std::vector<std::string> keys;
+    for (int r = 0; r < size_; ++r) keys.push_back(fmt::format("{}/checked-out/{}", prefix_, r));
+    try {
+      store_->wait(keys, bound);
+    } catch (const c10::Error&) {
+      if (state_->failed) return;  // the ranks have said what went wrong
+      std::vector<std::string> missing;
+      for (int r = 0; r < size_; ++r) {
+        if (!store_->check({keys[r]})) missing.push_back(std::to_string(r));
+      }
+      std::fprintf(stderr,
+                   "shardcast: rank %d: rank(s) %s did not leave the rendezvous store within %lld s; closing it\n",
+                   rank_, fmt::format("{}", fmt::join(missing, ", ")).c_str(), static_cast<long long>(seconds(bound)));
+    }
+  }
+
+  static long long seconds(Timeout t) { return std::chrono::duration_cast<std::chrono::seconds>(t).count(); }
 
   c10::intrusive_ptr<c10d::Store> store_;
   std::string prefix_;
   int rank_;
   int size_;
+  std::shared_ptr<StoreState> state_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_;
   bool is_world_;
   bool hosts_store_;
-  Timeout close_timeout_;
   uint64_t seq_ = 0;
 };
+
+// The store a rank hosts stays up for the life of the process: the next Session reuses it (keys are namespaced per
+// session) instead of racing the other ranks to tear it down and bring it up again on the same port.
+c10::intrusive_ptr<c10d::Store> tcp_store(const std::string& host, const c10d::TCPStoreOptions& options) {
+  if (!options.isServer) return c10::make_intrusive<c10d::TCPStore>(host, options);
+  static std::mutex mutex;
+  static std::map<uint16_t, c10::intrusive_ptr<c10d::Store>> hosted;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& store = hosted[options.port];
+  if (!store) store = c10::make_intrusive<c10d::TCPStore>(host, options);
+  return store;
+}
 
 }  // namespace
 
 std::unique_ptr<Communicator> make_file_store_communicator(const std::filesystem::path& path, int rank, int size) {
   try {
     auto store = c10::make_intrusive<c10d::FileStore>(path.string(), size);
-    return std::make_unique<StoreCommunicator>(store, "sc", rank, size, /*is_world=*/true);
+    auto state = std::make_shared<StoreState>();
+    state->description = fmt::format("the rendezvous file store '{}'", path.string());
+    return std::make_unique<StoreCommunicator>(store, "sc", rank, size, state, /*is_world=*/true);
   } catch (const c10::Error& e) {
     throw Error(ErrorCode::kSystem, fmt::format("cannot open the rendezvous file store '{}': {}", path.string(),
                                                 e.what_without_backtrace()));
@@ -177,23 +229,25 @@ std::unique_ptr<Communicator> make_tcp_store_communicator(const std::string& hos
   options.port = static_cast<uint16_t>(port);
   options.isServer = rank == 0 && !launcher_hosts;
   options.waitWorkers = false;  // our collectives wait, with timeouts that name the missing ranks
+  options.multiTenant = true;   // a process group of the same process may serve from this port too, as torch's env://
   options.timeout = timeout;
+  auto state = std::make_shared<StoreState>();
+  state->description = fmt::format("the rendezvous store at {}:{} (hosted by {})", host, port,
+                                   launcher_hosts ? "the launcher" : "rank 0");
   c10::intrusive_ptr<c10d::Store> store;
   try {
-    store = c10::make_intrusive<c10d::PrefixStore>(key_prefix, c10::make_intrusive<c10d::TCPStore>(host, options));
+    store = c10::make_intrusive<c10d::PrefixStore>(key_prefix, tcp_store(host, options));
   } catch (const std::exception& e) {
     const std::string error = e.what();
     throw Error(ErrorCode::kSystem,
                 options.isServer
                     ? fmt::format("rank 0 cannot host the rendezvous store on port {} (MASTER_PORT): {}", port,
                                   error.substr(0, error.find('\n')))
-                    : fmt::format("rank {} of {} cannot reach the rendezvous store at {}:{} (MASTER_ADDR:MASTER_PORT, "
-                                  "hosted by {}) within {} s: {}",
-                                  rank, size, host, port, launcher_hosts ? "the launcher" : "rank 0",
-                                  std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
+                    : fmt::format("rank {} of {} cannot reach {} (MASTER_ADDR:MASTER_PORT) within {} s: {}", rank, size,
+                                  state->description, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
                                   error.substr(0, error.find('\n'))));
   }
-  return std::make_unique<StoreCommunicator>(store, "sc", rank, size, /*is_world=*/true, options.isServer, timeout);
+  return std::make_unique<StoreCommunicator>(store, "sc", rank, size, state, /*is_world=*/true, options.isServer);
 }
 
 }  // namespace shardcast

@@ -3,10 +3,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -86,13 +88,21 @@ int exit_code_of(int status) {
   return 1;
 }
 
-[[noreturn]] void exec_child(const ChildSpec& spec, int out_fd, int err_fd, const sigset_t& original_mask) {
+[[noreturn]] void exec_child(const ChildSpec& spec, int out_fd, int err_fd, const sigset_t& original_mask,
+                             pid_t launcher) {
   // Only async-signal-safe calls from here on would be strictly required in a threaded parent; this launcher has no
   // threads, so setenv and friends are fine.
   sigprocmask(SIG_SETMASK, &original_mask, nullptr);
-  setpgid(0, 0);  // its own process group: stopping it reaches whatever it started too
+  signal(SIGPIPE, SIG_DFL);  // the launcher ignores it; an ignored signal would stay ignored across exec
+  setpgid(0, 0);             // its own process group: stopping it reaches whatever it started too
+  // A launcher killed outright (SIGKILL, OOM) takes its ranks along instead of leaving them running unsupervised.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != launcher) _exit(128 + SIGKILL);
   int null_fd = ::open("/dev/null", O_RDONLY);
-  if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
+  if (null_fd >= 0) {
+    dup2(null_fd, STDIN_FILENO);
+    ::close(null_fd);
+  }
   dup2(out_fd, STDOUT_FILENO);
   dup2(err_fd, STDERR_FILENO);
   for (const auto& [name, value] : spec.env) setenv(name.c_str(), value.c_str(), 1);
@@ -118,10 +128,21 @@ class Supervisor {
     for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGCHLD}) sigaddset(&handled, sig);
     sigprocmask(SIG_BLOCK, &handled, &original);
     signal_fd_ = signalfd(-1, &handled, SFD_CLOEXEC | SFD_NONBLOCK);
+    // A reader of our output that goes away (`| head`) must not kill the launcher before it stops the ranks.
+    signal(SIGPIPE, SIG_IGN);
     if (signal_fd_ < 0) throw Error(ErrorCode::kSystem, fmt::format("signalfd: {}", std::strerror(errno)));
 
-    for (Child& child : children_) start(child, original);
-    while (!finished()) step();
+    try {
+      for (Child& child : children_) start(child, original);
+      while (!finished()) step();
+    } catch (...) {
+      // The launcher itself failed (out of file descriptors, ...): take down what it started before saying why.
+      signal_all(SIGKILL);
+      for (Child& child : children_) {
+        if (child.pid > 0 && !child.status) waitpid(child.pid, nullptr, 0);
+      }
+      throw;
+    }
     ::close(signal_fd_);
     sigprocmask(SIG_SETMASK, &original, nullptr);
     return exit_code_;
@@ -130,18 +151,21 @@ class Supervisor {
  private:
   void start(Child& child, const sigset_t& original_mask) {
     int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+    if (pipe2(out, O_CLOEXEC) != 0) throw Error(ErrorCode::kSystem, fmt::format("pipe: {}", std::strerror(errno)));
+    child.out.fd = out[0];
+    if (pipe2(err, O_CLOEXEC) != 0) {
+      ::close(out[1]);
       throw Error(ErrorCode::kSystem, fmt::format("pipe: {}", std::strerror(errno)));
     }
+    child.err.fd = err[0];
+    const pid_t launcher = getpid();
     pid_t pid = fork();
     if (pid < 0) throw Error(ErrorCode::kSystem, fmt::format("fork: {}", std::strerror(errno)));
-    if (pid == 0) exec_child(*child.spec, out[1], err[1], original_mask);
+    if (pid == 0) exec_child(*child.spec, out[1], err[1], original_mask, launcher);
     setpgid(pid, pid);  // also here, so the group exists before we could signal it
     ::close(out[1]);
     ::close(err[1]);
     child.pid = pid;
-    child.out.fd = out[0];
-    child.err.fd = err[0];
     child.err.to = STDERR_FILENO;
   }
 
@@ -191,18 +215,18 @@ class Supervisor {
     }
   }
 
+  // In the order the children ended, so the failure reported is the first one.
   void reap() {
-    for (Child& child : children_) {
-      if (child.status) continue;
-      int status = 0;
-      pid_t r = waitpid(child.pid, &status, WNOHANG);
-      if (r != child.pid) continue;
-      child.status = status;
+    int status = 0;
+    for (pid_t pid; (pid = waitpid(-1, &status, WNOHANG)) > 0;) {
+      auto child = std::find_if(children_.begin(), children_.end(), [&](const Child& c) { return c.pid == pid; });
+      if (child == children_.end()) continue;
+      child->status = status;
       if (all_reaped()) drain_deadline_ = Clock::now() + std::chrono::seconds(1);
       const bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
       if (failed && !stopping_) {
         write_all(STDERR_FILENO, fmt::format("shardcast-run: {} (pid {}) {}; stopping the other ranks\n",
-                                             child.spec->name, child.pid, describe_status(status)));
+                                             child->spec->name, pid, describe_status(status)));
         exit_code_ = exit_code_of(status);
         stop(SIGTERM);
       }
@@ -224,7 +248,7 @@ class Supervisor {
 
   void signal_all(int sig) {
     for (const Child& child : children_) {
-      if (!child.status) ::kill(-child.pid, sig);
+      if (child.pid > 0 && !child.status) ::kill(-child.pid, sig);
     }
   }
 

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "core/error.h"
+
 namespace shardcast {
 namespace {
 
@@ -40,8 +42,20 @@ Group make_group(std::unique_ptr<Communicator> world, const LaunchEnv& launch, T
   t.evidence = launch.evidence;
   t.communicator = world->kind();
 
-  // Rank 0's job id wins, so ranks that see different environments still agree.
-  t.job_id = sanitize_job_id(world->all_gather(t.rank == 0 ? make_job_id(launch) : "", "job id", timeout)[0]);
+  // Every rank must have been given the same job id by its launcher (ranks of two jobs that meet at one rendezvous
+  // would otherwise mix); rank 0's is used, or one it makes when the launcher gives none.
+  auto ids = world->all_gather(launch.job_id + "\n" + (t.rank == 0 ? make_job_id(launch) : ""), "job id", timeout);
+  const std::string launcher_id = ids[0].substr(0, ids[0].find('\n'));
+  for (int r = 1; r < t.world_size; ++r) {
+    const std::string other = ids[r].substr(0, ids[r].find('\n'));
+    if (other != launcher_id) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("rank {} belongs to job '{}' but rank 0 to job '{}': ranks of different jobs met at one "
+                              "rendezvous (same MASTER_ADDR:MASTER_PORT?)",
+                              r, other, launcher_id));
+    }
+  }
+  t.job_id = sanitize_job_id(ids[0].substr(ids[0].find('\n') + 1));
 
   const std::string key = launch.ranks_per_node > 0 ? fmt::format("virtual-node-{}", t.rank / launch.ranks_per_node)
                                                     : world->node_key(timeout);

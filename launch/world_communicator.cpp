@@ -1,3 +1,5 @@
+#include <atomic>
+
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -15,7 +17,7 @@ std::unique_ptr<Communicator> make_world_communicator(const LaunchEnv& env, Time
     case Launcher::kPmi: world = make_mpi_world_communicator(); break;
     case Launcher::kTorchrun: {
       // Keys of each Session in this process apart: every rank creates its sessions in the same order.
-      static int sessions = 0;
+      static std::atomic<int> sessions{0};
       world = make_tcp_store_communicator(env.master_addr, env.master_port, env.rank, env.world_size, env.agent_store,
                                           fmt::format("{}/session{}", env.store_namespace, sessions++), timeout);
       break;

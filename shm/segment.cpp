@@ -297,6 +297,10 @@ std::vector<Orphan> find_orphans(const Location& location) {
     SegmentHeader h{};
     uint64_t size = 0;
     bool has_header = read_header(name, location, &h, &size);
+    // Between creating the name and taking its lock a creator holds no lock yet; its segment is empty then. An empty
+    // one is an orphan only once it has stayed empty far longer than that moment.
+    const auto age = fs::file_time_type::clock::now() - fs::last_write_time(entry.path(), ec);
+    if (!has_header && size == 0 && (ec || age < std::chrono::minutes(1))) continue;
     std::string state = !has_header                                              ? "no header"
                         : h.state == static_cast<uint32_t>(SegmentState::kReady) ? "ready"
                                                                                  : "filling";

@@ -94,7 +94,7 @@ TEST(LaunchEnv, Torchrun) {
   EXPECT_EQ(e.master_port, 29500);
   EXPECT_FALSE(e.agent_store);
   EXPECT_EQ(e.job_id, "torchrun-abc");
-  EXPECT_EQ(e.store_namespace, "shardcast/attempt2");
+  EXPECT_EQ(e.store_namespace, "shardcast/abc/attempt2");
 }
 
 TEST(LaunchEnv, TorchrunsDefaultRunIdIsNoJobId) {

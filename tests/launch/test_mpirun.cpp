@@ -16,12 +16,16 @@ namespace fs = std::filesystem;
 using testing::TempDir;
 
 testing::CommandResult mpirun(int ranks, const std::vector<std::string>& args, int ranks_per_node = 0,
-                              const std::string& program = SHARDCAST_CLI_PATH) {
+                              const std::string& program = SHARDCAST_CLI_PATH, const std::string& job_id = "") {
   std::vector<std::string> argv{"/usr/bin/mpirun", "-np",       std::to_string(ranks),
                                 "--oversubscribe", "--bind-to", "none"};
   if (ranks_per_node > 0) {
     argv.push_back("-x");
     argv.push_back("SHARDCAST_RANKS_PER_NODE=" + std::to_string(ranks_per_node));
+  }
+  if (!job_id.empty()) {
+    argv.push_back("-x");
+    argv.push_back("SHARDCAST_JOB_ID=" + job_id);
   }
   if (geteuid() == 0) argv.push_back("--allow-run-as-root");
   argv.push_back(program);
@@ -56,7 +60,7 @@ TEST_P(MpirunLoad, EveryRankIsBitExactAndStorageIsReadOnce) {
     EXPECT_EQ(report["communicator"], "mpi");
   }
   testing::expect_read_once(job, 4'000'000, dir / "ckpt");
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm(job.job_id).empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(RanksAndPlacements, MpirunLoad,
@@ -89,7 +93,7 @@ TEST_P(VirtualNodes, EveryRankIsBitExactAndTheJobReadsEachByteOnce) {
     EXPECT_EQ(job.reports[rank]["local_size"], 2);
   }
   testing::expect_read_once(job, 6'000'000, dir / "ckpt");
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm(job.job_id).empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(TwoAndThree, VirtualNodes,
@@ -102,11 +106,12 @@ INSTANTIATE_TEST_SUITE_P(TwoAndThree, VirtualNodes,
 
 TEST(Mpirun, AMissingCheckpointFailsEveryRankWithRankZerosReason) {
   TempDir dir;
-  auto r = mpirun(3, {"load", (dir / "missing").string()});
+  const std::string job = "missing-checkpoint-" + std::to_string(getpid());
+  auto r = mpirun(3, {"load", (dir / "missing").string()}, 0, SHARDCAST_CLI_PATH, job);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("checkpoint '" + (dir / "missing").string() + "' does not exist"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("rank 0 could not read checkpoint"), std::string::npos) << r.err;
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm(job).empty());
 }
 
 // A rank that never reaches a collective: rank 0 names it at the timeout and the job ends (MPI cannot cancel the

@@ -61,7 +61,7 @@ TEST(ShardcastRun, FourRanksOnOneNodeAreBitExactAndReadEachByteOnce) {
     EXPECT_EQ(job.reports[rank]["node_count"], 1);
   }
   testing::expect_read_once(job, 4'000'000, dir / "ckpt");
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm(job.job_id).empty());
 }
 
 // K shardcast-run processes, as on K nodes (--nnodes K --node-rank i), with virtual nodes of 2 ranks each.
@@ -92,7 +92,7 @@ TEST_P(ShardcastRunNodes, EveryRankIsBitExactAndTheJobReadsEachByteOnce) {
     EXPECT_EQ(job.reports[rank]["job_id"], "torchrun-test-" + port);
   }
   testing::expect_read_once(job, 6'000'000, dir / "ckpt");
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm(job.job_id).empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(TwoAndThree, ShardcastRunNodes, ::testing::Values(2, 3),
@@ -119,7 +119,7 @@ TEST(TorchrunEnvironment, RanksStartedByHandMeetAndAreBitExact) {
   const testing::LoadJob job = testing::expect_bit_exact_job(dir.path(), ranks, dir / "ckpt");
   for (const auto& report : job.reports) EXPECT_EQ(report["launcher"], "torchrun");
   testing::expect_read_once(job, 4'000'000, dir / "ckpt");
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm(job.job_id).empty());
 }
 
 TEST(TorchrunEnvironment, AMissingRankIsNamedWhenTheWaitTimesOut) {
@@ -129,7 +129,7 @@ TEST(TorchrunEnvironment, AMissingRankIsNamedWhenTheWaitTimesOut) {
   std::vector<std::future<testing::CommandResult>> procs;
   for (int rank : {0, 1}) {  // rank 2 of 3 never comes
     auto argv = concat({"/usr/bin/env", "RANK=" + std::to_string(rank), "WORLD_SIZE=3", "MASTER_ADDR=127.0.0.1",
-                        "MASTER_PORT=" + port},
+                        "MASTER_PORT=" + port, "SHARDCAST_JOB_ID=missing-rank-" + port},
                        concat(load_command(dir), {"--timeout", "3"}));
     procs.push_back(std::async(std::launch::async, [argv] { return testing::run_command(argv); }));
   }
@@ -139,7 +139,43 @@ TEST(TorchrunEnvironment, AMissingRankIsNamedWhenTheWaitTimesOut) {
     EXPECT_NE(r.err.find("timed out after 3 s"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("waiting for rank(s) 2"), std::string::npos) << r.err;
   }
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm("missing-rank-" + port).empty());
+}
+
+// Rank 0 hosts the store; when it dies the others must say so at once, not wait out their timeout.
+TEST(TorchrunEnvironment, LosingTheStoresHostIsReportedAtOnce) {
+  const std::string port = std::to_string(free_port());
+  const std::vector<std::string> env{"/usr/bin/env", "WORLD_SIZE=3", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + port};
+  auto rank0 = std::async(std::launch::async, [&] {
+    return testing::run_command(concat(concat(env, {"RANK=0", "/usr/bin/timeout", "-s", "KILL", "6"}),
+                                       {SHARDCAST_CLI_PATH, "info", "--join", "--timeout", "60"}));
+  });
+  const auto start = std::chrono::steady_clock::now();
+  auto r = testing::run_command(concat(env, {"RANK=1", SHARDCAST_CLI_PATH, "info", "--join", "--timeout", "60"}));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("rank 1 of 3 lost the rendezvous store at 127.0.0.1:" + port + " (hosted by rank 0)"),
+            std::string::npos)
+      << r.err;
+  rank0.get();
+}
+
+TEST(TorchrunEnvironment, RanksOfDifferentJobsRefuseToMix) {
+  const std::string port = std::to_string(free_port());
+  std::vector<std::future<testing::CommandResult>> procs;
+  for (int rank : {0, 1}) {
+    procs.push_back(std::async(std::launch::async, [&, rank] {
+      return testing::run_command({"/usr/bin/env", "RANK=" + std::to_string(rank), "WORLD_SIZE=2",
+                                   "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + port,
+                                   std::string("SHARDCAST_JOB_ID=job") + (rank == 0 ? "A" : "B"), SHARDCAST_CLI_PATH,
+                                   "info", "--join", "--timeout", "30"});
+    }));
+  }
+  for (auto& p : procs) {
+    auto r = p.get();
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("rank 1 belongs to job 'jobB' but rank 0 to job 'jobA'"), std::string::npos) << r.err;
+  }
 }
 
 // Rank 2 dies (SIGKILL) while the others wait for it: the launcher stops them and exits with rank 2's status.
@@ -148,15 +184,17 @@ TEST(ShardcastRun, AKilledRankStopsTheOthersAndIsNamedWithin30Seconds) {
   synthesize_checkpoint(dir / "ckpt", 2'000'000, 500'000, CheckpointFormat::kSafetensors, true);
   const std::string load = fmt::format("exec {} load {}", SHARDCAST_CLI_PATH, (dir / "ckpt").string());
   const std::string script = "if [ \"$RANK\" = 2 ]; then sleep 1; kill -9 $$; fi; " + load;
+  const std::string job = "killed-waiting-" + std::to_string(getpid());
   const auto start = std::chrono::steady_clock::now();
-  auto r = testing::run_command({SHARDCAST_RUN_PATH, "--standalone", "-n", "4", "/bin/sh", "-c", script},
-                                std::chrono::seconds(60));
+  auto r = testing::run_command(
+      {"/usr/bin/env", "SHARDCAST_JOB_ID=" + job, SHARDCAST_RUN_PATH, "-n", "4", "/bin/sh", "-c", script},
+      std::chrono::seconds(60));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(r.exit_code, 128 + 9) << r.err;
   EXPECT_NE(r.err.find("shardcast-run: rank 2 (pid "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("was killed by signal 9"), std::string::npos) << r.err;
   EXPECT_LT(seconds, 30.0);
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty());
+  EXPECT_TRUE(testing::segments_in_dev_shm(job).empty());
 }
 
 // Rank 2 is killed once its node leader has created segments: the leader, stopped mid-load, cannot unlink them, so
@@ -164,20 +202,27 @@ TEST(ShardcastRun, AKilledRankStopsTheOthersAndIsNamedWithin30Seconds) {
 TEST(ShardcastRun, ARankKilledMidLoadLeavesNothingInDevShm) {
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 96'000'000, 8'000'000, CheckpointFormat::kSafetensors, true);
+  const std::string job = "killed-mid-load-" + std::to_string(getpid());
   const std::string load = fmt::format("exec {} load {}", SHARDCAST_CLI_PATH, (dir / "ckpt").string());
-  const std::string script =
-      "if [ \"$RANK\" = 2 ]; then (until ls /dev/shm | grep -q '^shardcast-'; do sleep 0.01; done; kill -9 $$) & fi; " +
-      load;
-  auto r = testing::run_command({SHARDCAST_RUN_PATH, "--standalone", "-n", "4", "/bin/sh", "-c", script},
-                                std::chrono::seconds(60));
+  const std::string script = fmt::format(
+      "if [ \"$RANK\" = 2 ]; then (until ls /dev/shm | grep -q '^shardcast-{}-'; do sleep 0.01; done; kill -9 $$) & "
+      "fi; {}",
+      job, load);
+  auto r = testing::run_command(
+      {"/usr/bin/env", "SHARDCAST_JOB_ID=" + job, SHARDCAST_RUN_PATH, "-n", "4", "/bin/sh", "-c", script},
+      std::chrono::seconds(60));
   EXPECT_EQ(r.exit_code, 128 + 9) << r.out << r.err;
   EXPECT_NE(r.err.find("shardcast-run: rank 2 (pid "), std::string::npos) << r.err;
-  EXPECT_TRUE(testing::segments_in_dev_shm().empty()) << r.err;
+  EXPECT_NE(r.err.find("shardcast-run: removed segment shardcast-" + job + "-"), std::string::npos) << r.err;
+  EXPECT_TRUE(testing::segments_in_dev_shm(job).empty()) << r.err;
 }
 
 TEST(ShardcastRun, AFailingRanksExitStatusBecomesTheLaunchers) {
+  const auto start = std::chrono::steady_clock::now();
   auto r = testing::run_command({SHARDCAST_RUN_PATH, "-n", "3", "/bin/sh", "-c",
                                  "if [ \"$RANK\" = 1 ]; then echo bad input >&2; exit 7; fi; sleep 60"});
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30))
+      << "the sleeping ranks were not stopped";
   EXPECT_EQ(r.exit_code, 7);
   EXPECT_NE(r.err.find("[rank1]: bad input\n"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("shardcast-run: rank 1 (pid "), std::string::npos) << r.err;
@@ -186,9 +231,11 @@ TEST(ShardcastRun, AFailingRanksExitStatusBecomesTheLaunchers) {
 
 TEST(ShardcastRun, SigtermIsForwardedToEveryRank) {
   // The launcher in the background, then SIGTERM to it alone: each rank's trap must run.
+  // Once both ranks said they set their trap: SIGTERM to the launcher alone.
   const std::string script = fmt::format(
-      "{} -n 2 /bin/sh -c 'trap \"echo rank $RANK got TERM; exit 3\" TERM; echo ready; sleep 30 & wait' & "
-      "launcher=$!; sleep 2; kill -TERM $launcher; wait $launcher",
+      "out=$(mktemp); {} -n 2 /bin/sh -c 'trap \"echo rank $RANK got TERM; exit 3\" TERM; echo ready; sleep 30 & wait' "
+      ">$out & launcher=$!; until [ \"$(grep -c ready $out)\" = 2 ]; do sleep 0.05; done; kill -TERM $launcher; "
+      "wait $launcher; status=$?; cat $out; rm $out; exit $status",
       SHARDCAST_RUN_PATH);
   auto r = testing::run_command({"/bin/sh", "-c", script}, std::chrono::seconds(60));
   EXPECT_EQ(r.exit_code, 128 + 15) << r.out << r.err;
@@ -214,6 +261,12 @@ TEST(ShardcastRun, BadArgumentsAreRefusedClearly) {
   r = testing::run_command({SHARDCAST_RUN_PATH, "-n", "2"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("no COMMAND given"), std::string::npos) << r.err;
+  r = testing::run_command({SHARDCAST_RUN_PATH, "--nproc", "2", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown option '--nproc'"), std::string::npos) << r.err;
+  r = testing::run_command({SHARDCAST_RUN_PATH, "-n", "1", "--", "/bin/echo", "-x"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "[rank0]: -x\n");
   r = testing::run_command({SHARDCAST_RUN_PATH, "-n", "1", "/nonexistent/program"});
   EXPECT_EQ(r.exit_code, 127);
   EXPECT_NE(r.err.find("cannot run '/nonexistent/program'"), std::string::npos) << r.err;

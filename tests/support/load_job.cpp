@@ -29,6 +29,7 @@ LoadJob expect_bit_exact_job(const fs::path& dir, int ranks, const fs::path& che
     }
     EXPECT_EQ(read_file(digest), expected) << "rank " << rank;
     job.reports.push_back(nlohmann::json::parse(read_file(report)));
+    if (rank == 0) job.job_id = job.reports.back()["job_id"];
     EXPECT_EQ(job.reports.back()["rank"], rank);
     EXPECT_EQ(job.reports.back()["world_size"], ranks);
     job.bytes_read += job.reports.back()["rank_bytes_read"].get<uint64_t>();
@@ -43,10 +44,11 @@ void expect_read_once(const LoadJob& job, uint64_t tensor_bytes, const fs::path&
   EXPECT_LT(job.bytes_read, files + files / 10) << "the job read some shard more than once";
 }
 
-std::vector<std::string> segments_in_dev_shm() {
+std::vector<std::string> segments_in_dev_shm(const std::string& job_id) {
+  const std::string prefix = std::string(shm::kNamePrefix) + job_id + "-";
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator("/dev/shm")) {
-    if (e.path().filename().string().rfind(shm::kNamePrefix, 0) == 0) names.push_back(e.path().filename().string());
+    if (e.path().filename().string().rfind(prefix, 0) == 0) names.push_back(e.path().filename().string());
   }
   return names;
 }

@@ -17,6 +17,7 @@ std::vector<std::string> load_outputs(const std::filesystem::path& dir);
 struct LoadJob {
   std::vector<nlohmann::json> reports;  // by global rank
   uint64_t bytes_read = 0;              // summed over the ranks: what the job asked storage for
+  std::string job_id;                   // rank 0's report's: names the job's segments
 };
 
 // Expects (gtest) every rank's digest to equal the checkpoint's, and returns the reports.
@@ -26,7 +27,8 @@ LoadJob expect_bit_exact_job(const std::filesystem::path& dir, int ranks, const 
 // (the files plus 10%: the catalog's reads of headers and pickles are far smaller).
 void expect_read_once(const LoadJob& job, uint64_t tensor_bytes, const std::filesystem::path& checkpoint);
 
-// shardcast segments in /dev/shm (there should be none once a job has ended).
-std::vector<std::string> segments_in_dev_shm();
+// The job's segments in /dev/shm (there should be none once it has ended). Only this job's: other jobs (a parallel
+// test run, a user's load) may hold segments of their own meanwhile.
+std::vector<std::string> segments_in_dev_shm(const std::string& job_id);
 
 }  // namespace shardcast::testing
