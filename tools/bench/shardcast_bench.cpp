@@ -504,14 +504,18 @@ int run_demo(const fs::path& checkpoint, int ranks) {
   const uint64_t bytes = safetensors_bytes(checkpoint);
   // Node-wide, as DESIGN.md counts it (see node_memory.h): anonymous + shared memory at the peak of the load, minus
   // the same for the tiny checkpoint (the ranks' runtime). Other work on the machine moves it too: run it quietly.
-  const uint64_t held_bytes =
-      real.peak_unreclaimable > runtime.peak_unreclaimable ? real.peak_unreclaimable - runtime.peak_unreclaimable : 0;
-  const double held = static_cast<double>(held_bytes) / bytes;
   fmt::print("== {}/{} ranks hold bit-exact state dicts\n", agree, ranks);
-  fmt::print(
-      "== node held {:.2f}x the model ({} of {} checkpoint, net of the ranks' runtime); {} ranks loading "
-      "naively would hold {}x\n",
-      held, format_size(held_bytes), format_size(bytes), ranks, 2 * ranks);
+  if (real.peak_unreclaimable > runtime.peak_unreclaimable) {
+    const uint64_t held_bytes = real.peak_unreclaimable - runtime.peak_unreclaimable;
+    fmt::print(
+        "== node held {:.2f}x the model ({} of {} checkpoint, net of the ranks' runtime); {} ranks loading "
+        "naively would hold {}x\n",
+        static_cast<double>(held_bytes) / bytes, format_size(held_bytes), format_size(bytes), ranks, 2 * ranks);
+  } else {
+    fmt::print(
+        "== node memory not measurable this time: the runtime-only pass peaked higher than the load (other work "
+        "on the machine); run the demo again on a quiet machine\n");
+  }
   fmt::print(
       "   (node-wide peak of AnonPages + Shmem: other work running on this machine at the same time moves it)\n");
   fs::remove_all(work);
