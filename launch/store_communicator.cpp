@@ -21,7 +21,7 @@ namespace shardcast {
 namespace {
 
 // What the world communicator and its splits share: where the store is (for messages), and whether any collective
-// has failed (then nobody waits for anyone at close).
+// has failed (then the store's host lingers only briefly at close).
 struct StoreState {
   std::string description;  // "the rendezvous store at host:port (hosted by rank 0)"
   bool failed = false;

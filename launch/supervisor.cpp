@@ -160,7 +160,12 @@ class Supervisor {
     child.err.fd = err[0];
     const pid_t launcher = getpid();
     pid_t pid = fork();
-    if (pid < 0) throw Error(ErrorCode::kSystem, fmt::format("fork: {}", std::strerror(errno)));
+    if (pid < 0) {
+      const int error = errno;
+      ::close(out[1]);
+      ::close(err[1]);
+      throw Error(ErrorCode::kSystem, fmt::format("fork: {}", std::strerror(error)));
+    }
     if (pid == 0) exec_child(*child.spec, out[1], err[1], original_mask, launcher);
     setpgid(pid, pid);  // also here, so the group exists before we could signal it
     ::close(out[1]);
