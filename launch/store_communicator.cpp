@@ -20,6 +20,16 @@
 namespace shardcast {
 namespace {
 
+// c10d's messages carry a backtrace after the first line.
+std::string first_line(const std::exception& e) {
+  const std::string text = e.what();
+  return text.substr(0, text.find('\n'));
+}
+
+long long seconds(Timeout t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t).count();
+}
+
 // What the world communicator and its splits share: where the store is (for messages), and whether any collective
 // has failed (then the store's host lingers only briefly at close).
 struct StoreState {
@@ -84,11 +94,11 @@ class StoreCommunicator final : public Communicator {
       gloo(timeout)->broadcast(tensors, options)->wait();
     } catch (const std::exception& e) {
       state_->failed = true;
-      const std::string error = e.what();
+      const std::string error = first_line(e);
       const bool timed_out = error.find("imed out") != std::string::npos;  // Gloo's "Timed out waiting ..."
-      throw Error(timed_out ? ErrorCode::kTimeout : ErrorCode::kSystem,
-                  fmt::format("rank {} of {}: broadcast '{}' from rank {} failed: {}", rank_, size_, what, root,
-                              error.substr(0, error.find('\n'))));
+      throw Error(
+          timed_out ? ErrorCode::kTimeout : ErrorCode::kSystem,
+          fmt::format("rank {} of {}: broadcast '{}' from rank {} failed: {}", rank_, size_, what, root, error));
     }
   }
 
@@ -139,9 +149,8 @@ class StoreCommunicator final : public Communicator {
 
   [[noreturn]] void lost_store(const std::string& what, const std::exception& e) {
     state_->failed = true;
-    const std::string error = e.what();
     throw Error(ErrorCode::kSystem, fmt::format("rank {} of {} lost {} in '{}': {}", rank_, size_, state_->description,
-                                                what, error.substr(0, error.find('\n'))));
+                                                what, first_line(e)));
   }
 
   void set(const std::string& key, const std::string& value) {
@@ -183,8 +192,6 @@ class StoreCommunicator final : public Communicator {
                    rank_, fmt::format("{}", fmt::join(missing, ", ")).c_str(), static_cast<long long>(seconds(bound)));
     }
   }
-
-  static long long seconds(Timeout t) { return std::chrono::duration_cast<std::chrono::seconds>(t).count(); }
 
   c10::intrusive_ptr<c10d::Store> store_;
   std::string prefix_;
@@ -239,14 +246,12 @@ std::unique_ptr<Communicator> make_tcp_store_communicator(const std::string& hos
   try {
     store = c10::make_intrusive<c10d::PrefixStore>(key_prefix, tcp_store(host, options));
   } catch (const std::exception& e) {
-    const std::string error = e.what();
-    throw Error(ErrorCode::kSystem,
-                options.isServer
-                    ? fmt::format("rank 0 cannot host the rendezvous store on port {} (MASTER_PORT): {}", port,
-                                  error.substr(0, error.find('\n')))
-                    : fmt::format("rank {} of {} cannot reach {} (MASTER_ADDR:MASTER_PORT) within {} s: {}", rank, size,
-                                  state->description, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
-                                  error.substr(0, error.find('\n'))));
+    throw Error(
+        ErrorCode::kSystem,
+        options.isServer
+            ? fmt::format("rank 0 cannot host the rendezvous store on port {} (MASTER_PORT): {}", port, first_line(e))
+            : fmt::format("rank {} of {} cannot reach {} (MASTER_ADDR:MASTER_PORT) within {} s: {}", rank, size,
+                          state->description, seconds(timeout), first_line(e)));
   }
   return std::make_unique<StoreCommunicator>(store, "sc", rank, size, state, /*is_world=*/true, options.isServer);
 }

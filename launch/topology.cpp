@@ -44,15 +44,15 @@ Group make_group(std::unique_ptr<Communicator> world, const LaunchEnv& launch, T
 
   // Every rank must have been given the same job id by its launcher (ranks of two jobs that meet at one rendezvous
   // would otherwise mix); rank 0's is used, or one it makes when the launcher gives none.
+  // Each entry is "<launcher's id>\n<rank 0's pick>" (the pick empty on other ranks).
   auto ids = world->all_gather(launch.job_id + "\n" + (t.rank == 0 ? make_job_id(launch) : ""), "job id", timeout);
-  const std::string launcher_id = ids[0].substr(0, ids[0].find('\n'));
+  const auto launcher_id = [&](int r) { return ids[r].substr(0, ids[r].find('\n')); };
   for (int r = 1; r < t.world_size; ++r) {
-    const std::string other = ids[r].substr(0, ids[r].find('\n'));
-    if (other != launcher_id) {
+    if (launcher_id(r) != launcher_id(0)) {
       throw Error(ErrorCode::kInvalidArgument,
                   fmt::format("rank {} belongs to job '{}' but rank 0 to job '{}': ranks of different jobs met at one "
                               "rendezvous (same MASTER_ADDR:MASTER_PORT?)",
-                              r, other, launcher_id));
+                              r, launcher_id(r), launcher_id(0)));
     }
   }
   t.job_id = sanitize_job_id(ids[0].substr(ids[0].find('\n') + 1));

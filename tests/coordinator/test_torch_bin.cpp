@@ -69,9 +69,11 @@ void expect_same_digests(const std::vector<std::string>& got, const std::vector<
   }
 }
 
-std::vector<std::string> digests_of(const std::vector<BinTensor>& tensors) {
+// Of what was read (BinTensor) or written (TensorData).
+template <typename Tensor>
+std::vector<std::string> digests_of(const std::vector<Tensor>& tensors) {
   std::vector<std::string> lines;
-  for (const BinTensor& t : tensors) lines.push_back(digest_line(t, t.bytes.data, t.bytes.size));
+  for (const Tensor& t : tensors) lines.push_back(digest_line(t, t.bytes.data, t.bytes.size));
   return lines;
 }
 
@@ -465,8 +467,7 @@ TEST(TorchBin, WrittenBinLoadsInPyTorchWithShardcastsDigests) {
   TempDir dir;
   const std::vector<TensorData> written = every_dtype();
   write_torch_bin(dir / "pytorch_model.bin", written);
-  std::vector<std::string> mine;
-  for (const TensorData& t : written) mine.push_back(digest_line(t, t.bytes.data, t.bytes.size));
+  const std::vector<std::string> mine = digests_of(written);
   expect_same_digests(digest_checkpoint(open_catalog(dir.path())), mine);
   std::vector<std::string> theirs;
   ASSERT_NO_FATAL_FAILURE(pytorch_digests({dir / "pytorch_model.bin"}, /*weights_only=*/false, &theirs));
@@ -479,8 +480,7 @@ TEST(TorchBin, WrittenBinLoadsWithTorchLoadWeightsOnly) {
   TempDir dir;
   const std::vector<TensorData> written = every_dtype();
   write_torch_bin(dir / "pytorch_model.bin", written);
-  std::vector<std::string> mine;
-  for (const TensorData& t : written) mine.push_back(digest_line(t, t.bytes.data, t.bytes.size));
+  const std::vector<std::string> mine = digests_of(written);
   std::vector<std::string> theirs;
   ASSERT_NO_FATAL_FAILURE(pytorch_digests({dir / "pytorch_model.bin"}, /*weights_only=*/true, &theirs));
   expect_same_digests(theirs, mine);
