@@ -23,7 +23,26 @@ struct LoadArgs {
   std::vector<std::string> tensors;
   int timeout_s = 600;
   bool leader_reads_only = false;
+  // placement cuda
+  GpuOptions gpu;
+  std::string ring = "2x256MiB";
+  // tensor parallel
+  int tp_size = 1;
+  std::vector<std::string> tp_rules;
 };
+
+// "2x256MiB": slots and bytes per slot.
+void parse_ring(const std::string& text, GpuOptions* gpu) {
+  const size_t x = text.find('x');
+  try {
+    if (x == std::string::npos) throw Error(ErrorCode::kInvalidArgument, "no 'x'");
+    gpu->ring_slots = std::stoi(text.substr(0, x));
+    gpu->ring_slot_bytes = parse_size(text.substr(x + 1));
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("--ring '{}' is not SLOTSxSIZE, e.g. 2x256MiB ({})", text, e.what()));
+  }
+}
 
 std::string expand(const std::string& pattern, int rank) {
   std::string out = pattern;
@@ -72,6 +91,10 @@ void run_load(const LoadArgs& args) {
   options.shm_dir = args.shm_dir;
   options.timeout = std::chrono::seconds(args.timeout_s);
   options.parallel_read = !args.leader_reads_only;
+  options.gpu = args.gpu;
+  parse_ring(args.ring, &options.gpu);
+  options.tp.size = args.tp_size;
+  for (const std::string& rule : args.tp_rules) options.tp.rules.push_back(parse_slice_rule(rule));
   // Progress on a terminal only (rank 0); quiet under a launcher or in logs.
   if (topo.rank == 0 && isatty(STDERR_FILENO)) {
     options.progress = [&](const std::string& step, size_t batch, size_t batches) {
@@ -87,7 +110,7 @@ void run_load(const LoadArgs& args) {
   if (!args.digest_out.empty()) {
     std::string text;
     for (const auto& item : state) {
-      const at::Tensor& t = item.value();
+      const at::Tensor t = item.value().to(at::kCPU).contiguous();
       TensorSpec spec{item.key(), *from_scalar_type(t.scalar_type()), t.sizes().vec()};
       text += digest_line(spec, t.data_ptr(), t.nbytes()) + "\n";
     }
@@ -114,14 +137,30 @@ void run_load(const LoadArgs& args) {
     report["node_bytes_staged"] = stats.node_bytes_staged;
     report["rank_bytes_staged"] = stats.rank_bytes_staged;
     report["rank_bytes_read"] = stats.rank_bytes_read;
+    if (options.placement == Placement::kCuda) {
+      report["device"] = stats.device;
+      report["transport"] = args.gpu.transport;
+      report["transport_choice"] = stats.transport_choice;
+      report["transports"] = stats.transports;
+      report["ring_bytes"] = stats.ring_bytes;
+      report["rank_bytes_to_device"] = stats.rank_bytes_to_device;
+      report["rank_bytes_received"] = stats.rank_bytes_received;
+    }
+    if (options.tp.size > 1) report["tp_size"] = options.tp.size;
     report["peak_rss_bytes"] = peak_rss_bytes();
     for (const auto& [key, bytes] : proportional_memory()) report[key] = bytes;  // measured while the tensors live
     write_text(expand(args.report_out, topo.rank), report.dump(2) + "\n");
   }
   if (topo.rank == 0) {
-    fmt::print("loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} staged per node\n", state.size(),
-               format_size(stats.node_bytes_staged), topo.world_size, seconds, args.placement,
-               format_size(stats.node_bytes_staged));
+    if (options.placement == Placement::kCuda) {
+      fmt::print("loaded {} tensors on {} rank(s) in {:.2f} s: placement cuda on {}; {}; host ring {} on this node\n",
+                 state.size(), topo.world_size, seconds, stats.device, stats.transport_choice,
+                 format_size(stats.ring_bytes));
+    } else {
+      fmt::print("loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} staged per node\n", state.size(),
+                 format_size(stats.node_bytes_staged), topo.world_size, seconds, args.placement,
+                 format_size(stats.node_bytes_staged));
+    }
   }
 }
 
@@ -131,9 +170,24 @@ void add_load(CLI::App& app) {
   auto* cmd = app.add_subcommand("load", "Load a checkpoint as one rank of a job (mpirun) or alone");
   static LoadArgs args;
   cmd->add_option("CHECKPOINT", args.checkpoint, "checkpoint directory, index or file")->required();
-  cmd->add_option("--placement", args.placement, "shared (zero-copy, read-only), cow (copy-on-write) or private")
-      ->check(CLI::IsMember({"shared", "cow", "private"}))
+  cmd->add_option("--placement", args.placement,
+                  "shared (zero-copy, read-only), cow (copy-on-write), private, or cuda (each rank's GPU)")
+      ->check(CLI::IsMember({"shared", "cow", "private", "cuda"}))
       ->capture_default_str();
+  cmd->add_option("--transport", args.gpu.transport,
+                  "cuda: auto, h2d (each GPU copies from its node's pinned ring), nccl (rank 0 reads, NCCL "
+                  "broadcasts), scatter (as nccl; slices go to their rank alone)")
+      ->check(CLI::IsMember({"auto", "h2d", "nccl", "scatter"}))
+      ->capture_default_str();
+  cmd->add_option("--device", args.gpu.device, "cuda: device index (default: LOCAL_RANK)");
+  cmd->add_option("--ring", args.ring, "cuda: pinned node-shared ring, SLOTSxSIZE")->capture_default_str();
+  cmd->add_flag("--device-stand-in", args.gpu.host_stand_in,
+                "cuda: host memory plays the GPU (runs the GPU path's logic on a machine without one)");
+  cmd->add_option("--tp-size", args.tp_size, "tensor-parallel group size: rank r holds slice r % size")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--tp-rule", args.tp_rules,
+                  "PATTERN:DIM: split matching tensors along DIM across the TP group (e.g. '*.q_proj.weight:0')");
   cmd->add_option("--dtype", args.dtype,
                   "auto keeps the checkpoint's; bf16, f16, f32, f64 convert floats once per node")
       ->capture_default_str();

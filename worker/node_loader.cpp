@@ -7,33 +7,17 @@
 #include "coordinator/catalog_wire.h"
 #include "coordinator/stage.h"
 #include "core/io_stats.h"
+#include "worker/load_steps.h"
 
 namespace shardcast {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using detail::attempt;
+using detail::Clock;
+using detail::seconds_since;
 
 // Segments cross nodes in pieces of this size: bounded memory per message (MPI counts are ints; a store holds values).
 constexpr uint64_t kExchangeChunk = 64ull << 20;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Runs fn; returns "" or the error text, so a failure still takes part in the next agree().
-template <typename Fn>
-std::string attempt(Fn&& fn, std::unique_ptr<Error>* own) {
-  try {
-    fn();
-    return "";
-  } catch (const Error& e) {
-    *own = std::make_unique<Error>(e);
-    return e.what();
-  } catch (const std::exception& e) {
-    *own = std::make_unique<Error>(ErrorCode::kSystem, e.what());
-    return e.what();
-  }
-}
 
 }  // namespace
 
@@ -42,15 +26,39 @@ std::string_view placement_name(Placement placement) {
     case Placement::kShared: return "shared";
     case Placement::kCopyOnWrite: return "cow";
     case Placement::kPrivate: return "private";
+    case Placement::kCuda: return "cuda";
   }
   return "?";
 }
 
 Placement parse_placement(const std::string& name) {
-  if (name == "shared") return Placement::kShared;
-  if (name == "cow") return Placement::kCopyOnWrite;
-  if (name == "private") return Placement::kPrivate;
-  throw Error(ErrorCode::kInvalidArgument, fmt::format("placement '{}' is not one of shared, cow, private", name));
+  for (Placement p : {Placement::kShared, Placement::kCopyOnWrite, Placement::kPrivate, Placement::kCuda}) {
+    if (name == placement_name(p)) return p;
+  }
+  throw Error(ErrorCode::kInvalidArgument,
+              fmt::format("placement '{}' is not one of shared, cow, private, cuda", name));
+}
+
+std::string_view transport_name(Transport transport) {
+  switch (transport) {
+    case Transport::kAuto: return "auto";
+    case Transport::kH2D: return "h2d";
+    case Transport::kNccl: return "nccl";
+    case Transport::kScatter: return "scatter";
+  }
+  return "?";
+}
+
+Transport parse_transport(const std::string& name) {
+  for (Transport t : {Transport::kAuto, Transport::kH2D, Transport::kNccl, Transport::kScatter}) {
+    if (name == transport_name(t)) return t;
+  }
+  throw Error(ErrorCode::kInvalidArgument, fmt::format("transport '{}' is not one of auto, h2d, nccl, scatter", name));
+}
+
+std::string NodeLoader::segment_name(int load_id, const std::string& what) const {
+  const Topology& t = group_.topology;
+  return fmt::format("{}{}-n{}-l{}-{}", shm::kNamePrefix, t.job_id, t.node, load_id, what);
 }
 
 void NodeLoader::agree(const std::string& step, const std::string& my_error, Timeout timeout) {
@@ -70,19 +78,20 @@ void NodeLoader::agree(const std::string& step, const std::string& my_error, Tim
 
 LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLoadOptions& options,
                            const std::function<void(std::vector<LoadedTensor>&)>& consume) {
-  const Topology& topo = group_.topology;
-  const Timeout timeout = options.timeout;
   const uint64_t read_before = checkpoint_bytes_read();
-  LoadStats stats;
-  auto phase = [&](const char* name, Clock::time_point start) { stats.phases.push_back({name, seconds_since(start)}); };
-  std::unique_ptr<Error> own;
-  auto check = [&](const std::string& step, const std::string& error) {
-    agree(step, error, timeout);
-    if (own) throw *own;
-  };
+  const auto start = Clock::now();
+  open(checkpoint, options.timeout);
+  const double catalog_s = seconds_since(start);
+  LoadStats stats = load_opened(options, consume);
+  stats.phases.insert(stats.phases.begin(), {"catalog", catalog_s});
+  stats.rank_bytes_read = checkpoint_bytes_read() - read_before;
+  return stats;
+}
 
-  // 1. Rank 0 reads the index and headers once; everyone gets the catalog.
-  auto start = Clock::now();
+// 1. Rank 0 reads the index and headers once; everyone gets the catalog.
+void NodeLoader::open(const std::filesystem::path& checkpoint, Timeout timeout) {
+  const Topology& topo = group_.topology;
+  std::unique_ptr<Error> own;
   std::string wire;
   if (topo.rank == 0) {
     std::string error = attempt([&] { wire = "O" + encode_catalog(open_catalog(checkpoint)); }, &own);
@@ -95,16 +104,29 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
                                                           checkpoint.string(), wire.empty() ? "" : wire.substr(1)));
   }
   catalog_ = decode_catalog(wire.substr(1));
-  phase("catalog", start);
+}
+
+LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
+                                  const std::function<void(std::vector<LoadedTensor>&)>& consume) {
+  const Topology& topo = group_.topology;
+  const Timeout timeout = options.timeout;
+  const std::filesystem::path& checkpoint = catalog_.root;
+  LoadStats stats;
+  auto phase = [&](const char* name, Clock::time_point start) { stats.phases.push_back({name, seconds_since(start)}); };
+  std::unique_ptr<Error> own;
+  auto check = [&](const std::string& step, const std::string& error) {
+    agree(step, error, timeout);
+    if (own) throw *own;
+  };
 
   // 2. Every rank computes the same plan (the layout hash proves it on attach).
-  start = Clock::now();
+  auto start = Clock::now();
   LoadRequest request = options.request;
   if (options.select) {
     request.tensors = options.select(catalog_);
     request.only_listed = true;
   }
-  request.one_shard_at_a_time = options.placement == Placement::kPrivate;
+  request.one_shard_at_a_time = options.placement == Placement::kPrivate || options.placement == Placement::kCuda;
   Plan plan = make_plan(catalog_, request, topo.local_size, topo.node_count);
   stats.node_bytes_staged = plan.total_bytes;
   stats.tensors = plan.tensor_count;
@@ -112,9 +134,7 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
   phase("plan", start);
 
   const int load_id = load_count_++;
-  auto segment_name = [&](size_t index) {
-    return fmt::format("{}{}-n{}-l{}-s{}", shm::kNamePrefix, topo.job_id, topo.node, load_id, index);
-  };
+  auto segment_name = [&](size_t index) { return this->segment_name(load_id, fmt::format("s{}", index)); };
   const shm::Access access =
       options.placement == Placement::kCopyOnWrite ? shm::Access::kCopyOnWrite : shm::Access::kReadOnly;
 
@@ -228,7 +248,6 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
   if (topo.node_count > 1) stats.phases.push_back({"exchange", exchange_s});
   stats.phases.push_back({"attach", attach_s});
   stats.phases.push_back({"materialize", consume_s});
-  stats.rank_bytes_read = checkpoint_bytes_read() - read_before;
   return stats;
 }
 

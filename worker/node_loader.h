@@ -6,14 +6,17 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "coordinator/catalog.h"
 #include "coordinator/plan.h"
+#include "coordinator/tensor_parallel.h"
 #include "launch/topology.h"
 #include "shm/segment.h"
+#include "worker/device.h"
 
 namespace shardcast {
 
@@ -21,9 +24,20 @@ enum class Placement {
   kShared,       // read-only zero-copy views of the node's segments (writing to them faults)
   kCopyOnWrite,  // zero-copy views whose writes stay in the writing rank (private mapping)
   kPrivate,      // the rank's own copies, staged one shard at a time: peak = model + one shard
+  kCuda,         // tensors on the rank's GPU, streamed through a bounded ring of pinned node-shared buffers
 };
 std::string_view placement_name(Placement placement);
-Placement parse_placement(const std::string& name);  // "shared", "cow", "private"; throws kInvalidArgument
+Placement parse_placement(const std::string& name);  // "shared", "cow", "private", "cuda"; throws kInvalidArgument
+
+// How bytes reach the GPUs (placement cuda).
+enum class Transport {
+  kAuto,     // h2d on one node; across nodes broadcast, or scatter for tensor-parallel slices
+  kH2D,      // every rank copies what it needs from its node's pinned ring (each node reads the checkpoint)
+  kNccl,     // rank 0 copies each chunk to its GPU and broadcasts it (the job reads the checkpoint once)
+  kScatter,  // as nccl, but chunks holding only sliced tensors go to each rank as its slice alone
+};
+std::string_view transport_name(Transport transport);
+Transport parse_transport(const std::string& name);  // "auto", "h2d", "nccl", "scatter"
 
 struct NodeLoadOptions {
   Placement placement = Placement::kShared;
@@ -35,6 +49,20 @@ struct NodeLoadOptions {
   // CLI's progress display, and tests that make a rank fail at a chosen point.
   std::function<void(const std::string& step, size_t batch, size_t batches)> on_step;
   Timeout timeout = std::chrono::minutes(10);  // for each wait between ranks (staging included)
+  TensorParallel tp;                           // tp.rank is ignored: rank r holds slice r % tp.size
+};
+
+struct RingOptions {
+  Transport transport = Transport::kAuto;
+  int slots = 2;
+  uint64_t slot_bytes = 256ull << 20;
+};
+
+// Where one tensor's bytes go on the device (placement cuda), in the checkpoint's dtype: the caller allocates it for
+// the rank's slice and is told when every byte has arrived.
+struct DeviceTensorSink {
+  std::function<uint8_t*(const TensorInfo& info, const RankSlice& slice, DType target)> allocate;
+  std::function<void(const TensorInfo& info)> complete;  // the device has synchronized; cast and keep
 };
 
 struct LoadedTensor {
@@ -57,6 +85,13 @@ struct LoadStats {
   uint64_t rank_bytes_read = 0;    // from checkpoint files, by this rank (headers and index included)
   size_t tensors = 0;
   size_t segments = 0;
+  // Placement cuda:
+  std::string device;                        // "cuda:0 (NVIDIA H100 80GB HBM3)"
+  std::string transport_choice;              // what auto chose and why
+  std::map<std::string, size_t> transports;  // tensors by how they arrived: h2d, broadcast, scatter, staged-shard
+  uint64_t ring_bytes = 0;                   // the node's pinned ring (0: no ring on this node)
+  uint64_t rank_bytes_to_device = 0;         // host-to-device bytes this rank copied
+  uint64_t rank_bytes_received = 0;          // bytes this rank's GPU received over NCCL
 };
 
 class NodeLoader {
@@ -68,11 +103,22 @@ class NodeLoader {
   LoadStats load(const std::filesystem::path& checkpoint, const NodeLoadOptions& options,
                  const std::function<void(std::vector<LoadedTensor>&)>& consume);
 
+  // The same in two steps: rank 0 reads the catalog and every rank gets it (open), then the load of that catalog.
+  void open(const std::filesystem::path& checkpoint, Timeout timeout);
+  LoadStats load_opened(const NodeLoadOptions& options, const std::function<void(std::vector<LoadedTensor>&)>& consume);
+
+  // Placement cuda for an opened safetensors checkpoint (worker/ring_loader.cpp): the selected tensors stream
+  // through a ring of pinned node-shared buffers onto every rank's device, by options.transport.
+  LoadStats load_to_device(const NodeLoadOptions& options, const RingOptions& ring, Device& device,
+                           const DeviceTensorSink& sink);
+
   const Catalog& catalog() const { return catalog_; }
 
- private:
   // Every rank of the job reports its outcome of `step`; if any failed, all throw (the failing rank its own error).
   void agree(const std::string& step, const std::string& my_error, Timeout timeout);
+
+ private:
+  std::string segment_name(int load_id, const std::string& what) const;
 
   Group& group_;
   Catalog catalog_;

@@ -21,6 +21,10 @@ struct Session::Impl {
   LoadStats last;
 
   explicit Impl(Group g) : group(std::move(g)) {}
+
+  // Every selected tensor as the placement says, sorted by name.
+  std::vector<std::pair<std::string, at::Tensor>> load(const std::filesystem::path& checkpoint,
+                                                       const NodeLoadOptions& n, const LoadOptions& options);
 };
 
 namespace {
@@ -38,7 +42,16 @@ NodeLoadOptions node_options(const LoadOptions& o) {
   if (n.location.dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) n.location.dir = std::getenv("SHARDCAST_SHM_DIR");
   n.timeout = o.timeout;
   n.on_step = o.progress;
+  n.tp = o.tp;
   return n;
+}
+
+// This rank's part of a host tensor: the whole view, or its tensor-parallel slice (a view; private copies it alone).
+at::Tensor host_tensor(const LoadedTensor& t, Placement placement, const TensorParallel& tp) {
+  const RankSlice slice = rank_slice(*t.info, tp);
+  if (!slice.sliced) return placement == Placement::kPrivate ? copy_of(t) : view_of(t);
+  at::Tensor part = view_of(t).narrow(slice.dim, slice.begin, slice.length);
+  return placement == Placement::kPrivate ? part.clone(at::MemoryFormat::Contiguous) : part;
 }
 
 std::string shape_text(at::IntArrayRef shape) {
@@ -88,15 +101,22 @@ const LoadStats& Session::last_stats() const {
   return impl_->last;
 }
 
-StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptions& options) {
-  const NodeLoadOptions n = node_options(options);
+std::vector<std::pair<std::string, at::Tensor>> Session::Impl::load(const std::filesystem::path& checkpoint,
+                                                                    const NodeLoadOptions& n,
+                                                                    const LoadOptions& options) {
+  if (options.placement == Placement::kCuda) return load_on_device(loader, group, checkpoint, n, options.gpu, &last);
+  const Topology& topo = group.topology;
+  const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
   std::vector<std::pair<std::string, at::Tensor>> loaded;
-  impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
-    for (const LoadedTensor& t : batch) {
-      loaded.emplace_back(t.info->name, options.placement == Placement::kPrivate ? copy_of(t) : view_of(t));
-    }
+  last = loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
+    for (const LoadedTensor& t : batch) loaded.emplace_back(t.info->name, host_tensor(t, options.placement, tp));
   });
   std::sort(loaded.begin(), loaded.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return loaded;
+}
+
+StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptions& options) {
+  auto loaded = impl_->load(checkpoint, node_options(options), options);
   StateDict dict;
   for (auto& [name, tensor] : loaded) dict.insert(name, std::move(tensor));
   return dict;
@@ -111,6 +131,8 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
 
   LoadReport report;
   NodeLoadOptions n = node_options(options);
+  const Topology& topo = impl_->group.topology;
+  const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
   n.select = [&](const Catalog& catalog) {
     std::vector<std::string> wanted;
     std::set<std::string> in_checkpoint;
@@ -119,9 +141,11 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
       auto it = targets.find(t.name);
       if (it == targets.end()) {
         report.unexpected_keys.push_back(t.name);
-      } else if (it->second.sizes().vec() != t.shape) {
-        report.mismatched_keys.push_back(fmt::format("{}: checkpoint {} vs module {}", t.name, shape_string(t.shape),
-                                                     shape_text(it->second.sizes())));
+      } else if (const std::vector<int64_t> shape = rank_slice(t, tp).shape; it->second.sizes().vec() != shape) {
+        report.mismatched_keys.push_back(
+            fmt::format("{}: checkpoint {}{} vs module {}", t.name, shape_string(shape),
+                        shape == t.shape ? "" : fmt::format(" (slice of {})", shape_string(t.shape)),
+                        shape_text(it->second.sizes())));
       } else if (tensor_selected(t.name, options.tensors)) {
         wanted.push_back(t.name);
       }
@@ -144,26 +168,40 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
   };
 
   std::set<const void*> filled;
+  auto first_fill = [&](const std::string& name) -> at::Tensor* {
+    at::Tensor& target = targets.at(name);
+    if (!filled.insert(target.unsafeGetTensorImpl()).second) return nullptr;  // a tied parameter, already loaded
+    ++report.loaded;
+    return &target;
+  };
+  torch::NoGradGuard no_grad;
+  if (options.placement == Placement::kCuda) {
+    // The parameters become the rank's device tensors (in the checkpoint's or the asked dtype): no second copy.
+    for (auto& [name, tensor] : impl_->load(checkpoint, n, options)) {
+      if (at::Tensor* target = first_fill(name)) target->set_data(tensor);
+    }
+    report.stats = impl_->last;
+    return report;
+  }
   impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
-    torch::NoGradGuard no_grad;
     for (const LoadedTensor& t : batch) {
-      at::Tensor& target = targets.at(t.info->name);
-      if (!filled.insert(target.unsafeGetTensorImpl()).second) continue;  // a tied parameter, already loaded
-      const bool same_dtype = to_scalar_type(t.dtype) == target.scalar_type();
+      at::Tensor* target = first_fill(t.info->name);
+      if (!target) continue;
+      const bool same_dtype = to_scalar_type(t.dtype) == target->scalar_type();
       if (options.placement == Placement::kPrivate && same_dtype) {
-        target.copy_(view_of(t));  // in place, on whatever device the module lives: no second copy
-      } else if (!target.device().is_cpu()) {
+        // in place, on whatever device the module lives: no second copy
+        target->copy_(host_tensor(t, Placement::kShared, tp));
+      } else if (!target->device().is_cpu()) {
         throw Error(ErrorCode::kInvalidArgument,
                     fmt::format("parameter '{}' is on {}: the {} placement gives host views; use private (copies "
-                                "into the module in its dtype {}) or load before moving the module",
-                                t.info->name, target.device().str(), placement_name(options.placement),
-                                c10::toString(target.scalar_type())));
+                                "into the module in its dtype {}), cuda, or load before moving the module",
+                                t.info->name, target->device().str(), placement_name(options.placement),
+                                c10::toString(target->scalar_type())));
       } else {
         // shared/cow: the parameter becomes the staged view; a different dtype (dtype "auto") follows the checkpoint,
         // as transformers' torch_dtype="auto" does.
-        target.set_data(options.placement == Placement::kPrivate ? copy_of(t) : view_of(t));
+        target->set_data(host_tensor(t, options.placement, tp));
       }
-      ++report.loaded;
     }
   });
   report.stats = impl_->last;

@@ -10,18 +10,24 @@
 #include <torch/nn/module.h>
 #include <torch/ordered_dict.h>
 
+#include "coordinator/tensor_parallel.h"
 #include "launch/topology.h"
+#include "worker/device_placement.h"
 #include "worker/node_loader.h"
 
 namespace shardcast {
 
 struct LoadOptions {
-  Placement placement = Placement::kShared;  // shared (read-only views), cow, or private copies
+  Placement placement = Placement::kShared;  // shared (read-only views), cow, private copies, or cuda
   std::string dtype = "auto";                // "auto" keeps the checkpoint's; or bf16, f16, f32, f64 for floats
   std::vector<std::string> tensors;          // empty = all; "prefix*" or exact names
   std::filesystem::path shm_dir;             // empty: /dev/shm (or $SHARDCAST_SHM_DIR); else file-backed segments here
   std::chrono::seconds timeout{600};         // for each wait between ranks, staging included
   bool parallel_read = true;                 // every local rank reads part of the shards (false: the leader alone)
+  GpuOptions gpu;                            // placement cuda: device, transport, ring
+  // Tensor-parallel slices: tensors matching a rule come back as this rank's slice (rank r holds slice r % tp.size;
+  // tp.rank is ignored). Views for shared/cow, copies of the slice alone for private and cuda.
+  TensorParallel tp;
   // Called as each step of each batch starts: "create", "stage", "attach", "materialize" (progress displays).
   std::function<void(const std::string& step, size_t batch, size_t batches)> progress;
 };

@@ -11,17 +11,21 @@ namespace shardcast {
 namespace {
 
 at::TensorOptions options_for(const LoadedTensor& t) {
-  auto type = to_scalar_type(t.dtype);
+  return at::TensorOptions().dtype(scalar_type_for(t.info->name, t.dtype)).device(at::kCPU);
+}
+
+}  // namespace
+
+c10::ScalarType scalar_type_for(const std::string& name, DType dtype) {
+  auto type = to_scalar_type(dtype);
   if (!type) {
     throw Error(ErrorCode::kInvalidArgument,
                 fmt::format("tensor '{}' has dtype {}, which this LibTorch ({}.{}) cannot represent; leave it out with "
                             "a tensor filter, or convert the checkpoint",
-                            t.info->name, dtype_name(t.dtype), TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR));
+                            name, dtype_name(dtype), TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR));
   }
-  return at::TensorOptions().dtype(*type).device(at::kCPU);
+  return *type;
 }
-
-}  // namespace
 
 at::Tensor view_of(const LoadedTensor& t) {
   std::shared_ptr<shm::Segment> keep = t.mapping;

@@ -7,6 +7,9 @@
 
 namespace shardcast {
 
+// torch's type for `dtype`, or kInvalidArgument naming the tensor when this LibTorch cannot represent it.
+c10::ScalarType scalar_type_for(const std::string& name, DType dtype);
+
 // A tensor over the segment bytes; it keeps the mapping alive. Throws kInvalidArgument for a dtype this LibTorch
 // cannot represent.
 at::Tensor view_of(const LoadedTensor& tensor);

@@ -187,3 +187,32 @@ TEST(Cli, MalformedTorchBinsFailCleanly) {
 
 }  // namespace
 }  // namespace shardcast
+
+namespace shardcast {
+namespace {
+
+TEST(Cli, PlacementCudaWithoutAGpuSaysWhyAndTheStandInLoadsBitExact) {
+  TempDir dir;
+  const std::string ckpt = (dir / "ckpt").string();
+  ok({"synth", ckpt, "--size", "4MB", "--dtypes", "torch"});
+  CommandResult r = run_cli({"load", ckpt, "--placement", "cuda"});
+  if (r.exit_code == 0) GTEST_SKIP() << "this machine has a usable GPU";
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_TRUE(std::regex_search(r.err, std::regex("shardcast: error: (no cuda:0 on this host|placement cuda needs a "
+                                                  "build with CUDA|the LibTorch this shardcast links has no CUDA)")))
+      << r.err;
+
+  ok({"load", ckpt, "--placement", "cuda", "--device-stand-in", "--ring", "3x256KiB", "--digest-out",
+      (dir / "digest").string(), "--report-out", (dir / "report.json").string()});
+  EXPECT_EQ(testing::read_file(dir / "digest"), ok({"digest", ckpt}).out);
+  auto report = nlohmann::json::parse(testing::read_file(dir / "report.json"));
+  EXPECT_EQ(report["ring_bytes"], 3 * 256 * 1024);
+  EXPECT_EQ(report["rank_bytes_to_device"], 4'000'000);
+
+  r = run_cli({"load", ckpt, "--placement", "cuda", "--device-stand-in", "--ring", "2by1MB"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_CONTAINS(r.err, "--ring '2by1MB' is not SLOTSxSIZE");
+}
+
+}  // namespace
+}  // namespace shardcast

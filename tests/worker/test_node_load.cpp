@@ -14,6 +14,7 @@
 #include "coordinator/synth.h"
 #include "coordinator/torch_dtype.h"
 #include "launch/communicator.h"
+#include "tests/support/forked_sessions.h"
 #include "tests/support/multiproc.h"
 #include "tests/support/temp_dir.h"
 #include "worker/session.h"
@@ -23,63 +24,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
-
-std::string digest_of(const StateDict& state) {
-  std::string text;
-  for (const auto& item : state) {
-    const at::Tensor& t = item.value();
-    TensorSpec spec{item.key(), *from_scalar_type(t.scalar_type()), t.sizes().vec()};
-    text += digest_line(spec, t.data_ptr(), t.nbytes()) + "\n";
-  }
-  return text;
-}
-
-std::string expected_digest(const fs::path& checkpoint) {
-  std::string text;
-  for (const std::string& line : digest_checkpoint(open_catalog(checkpoint))) text += line + "\n";
-  return text;
-}
-
-// The job id of the forked ranks of the current test: segments are named after it, so the test can look for its own
-// segments while other tests run in parallel.
-std::string test_job() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "." + info->name();
-  return "t" + std::to_string(getpid()) + "-" + std::to_string(std::hash<std::string>()(name) % 100000);
-}
-
-// This test's segments left in /dev/shm.
-std::vector<std::string> shardcast_segments() {
-  const std::string prefix = std::string(shm::kNamePrefix) + test_job() + "-";
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator("/dev/shm")) {
-    std::string name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) == 0) names.push_back(name);
-  }
-  return names;
-}
-
-// Each forked rank opens a session over the file store and runs fn.
-// ranks_per_node > 0 groups them into virtual nodes (SHARDCAST_RANKS_PER_NODE).
-std::vector<testing::RankOutcome> with_sessions(const TempDir& dir, int ranks,
-                                                const std::function<void(Session&, int)>& fn,
-                                                std::chrono::seconds deadline = std::chrono::seconds(120),
-                                                int ranks_per_node = 0) {
-  const std::string job = test_job();
-  return testing::run_ranks(
-      ranks,
-      [&](int rank) {
-        setenv("SHARDCAST_JOB_ID", job.c_str(), 1);
-        if (ranks_per_node > 0) setenv("SHARDCAST_RANKS_PER_NODE", std::to_string(ranks_per_node).c_str(), 1);
-        Session session(make_file_store_communicator(dir / "store", rank, ranks), std::chrono::seconds(30));
-        fn(session, rank);
-      },
-      deadline);
-}
-
-void expect_all_succeeded(const std::vector<testing::RankOutcome>& outcomes) {
-  for (size_t r = 0; r < outcomes.size(); ++r) EXPECT_EQ(outcomes[r].describe(), "exit 0") << "rank " << r;
-}
+using namespace testing::forked;
 
 struct Case {
   int ranks;
@@ -180,23 +125,6 @@ TEST(NodeLoad, CopyOnWriteWritesStayInTheWritingRank) {
   });
   expect_all_succeeded(outcomes);
 }
-
-// Each rank writes "<code> <message>" of the error it saw, or "ok".
-std::string outcome_file(const TempDir& dir, int rank) {
-  return testing::read_file(dir / ("outcome" + std::to_string(rank)));
-}
-
-void record(const TempDir& dir, int rank, const std::function<void()>& fn) {
-  std::string text = "ok";
-  try {
-    fn();
-  } catch (const Error& e) {
-    text = std::to_string(static_cast<int>(e.code())) + " " + e.what();
-  }
-  std::ofstream(dir / ("outcome" + std::to_string(rank))) << text;
-}
-
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
 
 TEST(NodeLoad, ARankThatFailsMidLoadFailsEveryRankCleanly) {
   TempDir dir;

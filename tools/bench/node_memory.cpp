@@ -50,6 +50,7 @@ Measurement measure_command(const std::vector<std::string>& argv, int interval_m
       m.peak_unreclaimable = std::max(m.peak_unreclaimable, now.unreclaimable - before.unreclaimable);
     if (now.page_cache > before.page_cache)
       m.peak_page_cache = std::max(m.peak_page_cache, now.page_cache - before.page_cache);
+    if (now.shmem > before.shmem) m.peak_shmem = std::max(m.peak_shmem, now.shmem - before.shmem);
     if (waitpid(pid, &status, WNOHANG) == pid) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
   }

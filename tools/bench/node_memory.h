@@ -23,6 +23,7 @@ struct Measurement {
   int exit_code = -1;
   uint64_t peak_unreclaimable = 0;  // above the level before the command started
   uint64_t peak_page_cache = 0;     // above the level before
+  uint64_t peak_shmem = 0;          // above the level before: shared memory alone (segments, the GPU ring)
   uint64_t samples = 0;
 };
 

@@ -22,6 +22,7 @@
 #include "core/io_stats.h"
 #include "core/size.h"
 #include "tools/bench/baseline_loaders.h"
+#include "tools/bench/gpu_bench.h"
 #include "tools/bench/node_memory.h"
 #include "tools/bench/svg_chart.h"
 
@@ -567,8 +568,17 @@ int main(int argc, char** argv) {
   demo->add_option("CHECKPOINT", demo_checkpoint)->required();
   demo->add_option("--ranks", demo_ranks)->capture_default_str();
 
+  auto* gpu = app.add_subcommand("gpu", "Placement cuda on this machine's GPU against its pinned H2D ceiling");
+  GpuBenchArgs gpu_args;
+  gpu->add_option("--checkpoint", gpu_args.checkpoint, "safetensors checkpoint (default: synthesize one of --size)");
+  gpu->add_option("--size", gpu_args.size, "size of the synthesized checkpoint")->capture_default_str();
+  gpu->add_option("--rings", gpu_args.rings, "rings to try, SLOTSxSIZE")->delimiter(',')->capture_default_str();
+  gpu->add_option("--device", gpu_args.device, "CUDA device index")->capture_default_str();
+  gpu->add_option("--out", gpu_args.out, "prefix of the .json and .md written")->capture_default_str();
+
   try {
     app.parse(argc, argv);
+    if (*gpu) return run_gpu(gpu_args);
     if (*run) return run_matrix(checkpoint, size, ranks, methods, out, !warm);
     if (*demo) return run_demo(demo_checkpoint, demo_ranks);
     if (*nodes) return run_nodes(nodes_args);
@@ -593,7 +603,8 @@ int main(int argc, char** argv) {
     fmt::print("{}\n", nlohmann::json{{"seconds", m.seconds},
                                       {"exit_code", m.exit_code},
                                       {"peak_unreclaimable_bytes", m.peak_unreclaimable},
-                                      {"peak_page_cache_bytes", m.peak_page_cache}}
+                                      {"peak_page_cache_bytes", m.peak_page_cache},
+                                      {"peak_shmem_bytes", m.peak_shmem}}
                            .dump());
     return m.exit_code;
   } catch (const CLI::ParseError& e) {
