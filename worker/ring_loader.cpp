@@ -25,13 +25,15 @@ using detail::seconds_since;
 
 constexpr int kRoot = 0;  // reads (on node 0) and sends every chunk under nccl and scatter
 
-// Unpins on every way out, before the ring's mapping goes away.
+// Unpins on every way out, before the ring's mapping goes away; after a failure copies from it may still be in
+// flight, so it waits for the device first.
 struct Pinned {
   Device& device;
   void* host = nullptr;
   ~Pinned() {
     if (!host) return;
     try {
+      device.synchronize();
       device.unpin(host);
     } catch (const Error&) {  // unwinding already: the first error is the one to report
     }
