@@ -10,12 +10,6 @@
 namespace shardcast {
 namespace {
 
-bool pattern_matches(const std::string& pattern, const std::string& name) {
-  if (!pattern.empty() && pattern.back() == '*')
-    return name.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
-  return name == pattern;
-}
-
 DType target_dtype(DType source, const std::optional<DType>& requested) {
   if (requested && dtype_is_floating(source) && can_cast(source, *requested)) return *requested;
   return source;
@@ -30,6 +24,12 @@ void mix(uint64_t& h, const std::string& s) {
 }
 
 }  // namespace
+
+bool pattern_matches(const std::string& pattern, const std::string& name) {
+  if (!pattern.empty() && pattern.back() == '*')
+    return name.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
+  return name == pattern;
+}
 
 bool tensor_selected(const std::string& name, const std::vector<std::string>& patterns) {
   if (patterns.empty()) return true;

@@ -57,6 +57,9 @@ inline constexpr uint64_t kTensorAlignment = 64;
 // kInvalidArgument for a pattern matching nothing or an impossible dtype.
 Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size, int node_count = 1);
 
+// Does `name` match `pattern`: the exact name, or a prefix when the pattern ends in '*'?
+bool pattern_matches(const std::string& pattern, const std::string& name);
+
 // Is `name` selected by the request's patterns?
 bool tensor_selected(const std::string& name, const std::vector<std::string>& patterns);
 

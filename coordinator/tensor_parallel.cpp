@@ -5,19 +5,19 @@
 
 #include <fmt/format.h>
 
+#include "coordinator/plan.h"
 #include "core/error.h"
 
 namespace shardcast {
 namespace {
 
+// The plan's patterns (exact, "prefix*"), and "*suffix": rules usually name a kind of weight in every layer.
 bool matches(const std::string& pattern, const std::string& name) {
   if (pattern.size() > 1 && pattern.front() == '*') {
     const size_t n = pattern.size() - 1;
     return name.size() >= n && name.compare(name.size() - n, n, pattern, 1, n) == 0;
   }
-  if (!pattern.empty() && pattern.back() == '*')
-    return name.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0;
-  return name == pattern;
+  return pattern_matches(pattern, name);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +50,28 @@ class Device {
   // Waits for both lanes and the device's default stream: every copy, collective and torch operation issued so far
   // has finished (memory torch just allocated is then safe to write from either lane).
   virtual void synchronize() = 0;
+};
+
+// Host memory pinned for `device` until destruction, which waits for the device first (after a failure copies from it
+// may still be in flight) and then unpins, before the memory's mapping can go away.
+class PinnedHost {
+ public:
+  PinnedHost(Device& device, void* host, size_t bytes, bool read_only) : device_(device), host_(host) {
+    device_.pin(host, bytes, read_only);
+  }
+  ~PinnedHost() {
+    try {
+      device_.synchronize();
+      device_.unpin(host_);
+    } catch (const std::exception&) {  // unwinding already, or the error the caller sees next: that one is reported
+    }
+  }
+  PinnedHost(const PinnedHost&) = delete;
+  PinnedHost& operator=(const PinnedHost&) = delete;
+
+ private:
+  Device& device_;
+  void* host_;
 };
 
 struct DeviceRequest {

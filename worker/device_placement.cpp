@@ -1,6 +1,7 @@
 #include "worker/device_placement.h"
 
 #include <map>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -107,33 +108,31 @@ std::vector<std::pair<std::string, at::Tensor>> load_on_device(NodeLoader& loade
     NodeLoadOptions staged = options;
     staged.placement = Placement::kCuda;
     uint64_t to_device = 0;
+    const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
     *stats = loader.load_opened(staged, [&](std::vector<LoadedTensor>& batch) {
-      std::map<const shm::Segment*, bool> pinned;
+      std::set<const shm::Segment*> segments;
+      std::vector<std::unique_ptr<PinnedHost>> pinned;
       for (const LoadedTensor& t : batch) {
-        if (pinned.emplace(t.mapping.get(), true).second) device->pin(t.mapping->data(), t.mapping->data_size(), true);
-      }
-      try {
-        std::vector<std::pair<RankSlice, at::Tensor>> placed;
-        for (const LoadedTensor& t : batch) {
-          TensorSpec spec{t.info->name, t.dtype, t.info->shape};
-          RankSlice slice = rank_slice(spec, tp_for_rank(options.tp, topo.rank, topo.world_size));
-          at::Tensor tensor = at::empty(
-              slice.shape, at::TensorOptions().dtype(scalar_type_for(spec.name, t.dtype)).device(torch_device));
-          placed.emplace_back(std::move(slice), std::move(tensor));
+        if (segments.insert(t.mapping.get()).second) {
+          pinned.push_back(std::make_unique<PinnedHost>(*device, t.mapping->data(), t.mapping->data_size(), true));
         }
-        device->synchronize();  // torch's earlier work on this memory is done
-        for (size_t i = 0; i < batch.size(); ++i) {
-          const auto& [slice, tensor] = placed[i];
-          device->copy(slice.block, static_cast<uint8_t*>(tensor.data_ptr()), batch[i].data, Lane::kCopy);
-          to_device += slice.block.bytes();
-          out.emplace_back(batch[i].info->name, tensor);
-        }
-        device->synchronize();
-      } catch (...) {
-        for (const auto& [segment, unused] : pinned) device->unpin(segment->data());
-        throw;
       }
-      for (const auto& [segment, unused] : pinned) device->unpin(segment->data());
+      std::vector<std::pair<RankSlice, at::Tensor>> placed;
+      for (const LoadedTensor& t : batch) {
+        TensorSpec spec{t.info->name, t.dtype, t.info->shape};
+        RankSlice slice = rank_slice(spec, tp);
+        at::Tensor tensor =
+            at::empty(slice.shape, at::TensorOptions().dtype(scalar_type_for(spec.name, t.dtype)).device(torch_device));
+        placed.emplace_back(std::move(slice), std::move(tensor));
+      }
+      device->synchronize();  // torch's earlier work on this memory is done
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const auto& [slice, tensor] = placed[i];
+        device->copy(slice.block, static_cast<uint8_t*>(tensor.data_ptr()), batch[i].data, Lane::kCopy);
+        to_device += slice.block.bytes();
+        out.emplace_back(batch[i].info->name, tensor);
+      }
+      device->synchronize();
     });
     stats->rank_bytes_to_device = to_device;
     stats->device = device->describe();

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <future>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -11,7 +12,6 @@
 
 #include "coordinator/stream_plan.h"
 #include "core/file.h"
-#include "core/io_stats.h"
 #include "core/size.h"
 #include "worker/load_steps.h"
 #include "worker/node_loader.h"
@@ -25,28 +25,12 @@ using detail::seconds_since;
 
 constexpr int kRoot = 0;  // reads (on node 0) and sends every chunk under nccl and scatter
 
-// Unpins on every way out, before the ring's mapping goes away; after a failure copies from it may still be in
-// flight, so it waits for the device first.
-struct Pinned {
-  Device& device;
-  void* host = nullptr;
-  ~Pinned() {
-    if (!host) return;
-    try {
-      device.synchronize();
-      device.unpin(host);
-    } catch (const Error&) {  // unwinding already: the first error is the one to report
-    }
-  }
-};
-
 }  // namespace
 
 LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingOptions& ring, Device& device,
                                      const DeviceTensorSink& sink) {
   const Topology& topo = group_.topology;
   const Timeout timeout = options.timeout;
-  const uint64_t read_before = checkpoint_bytes_read();
   LoadStats stats;
   stats.device = device.describe();
   std::unique_ptr<Error> own;
@@ -152,7 +136,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
               ring_segment = shm::Segment::create(ring_name, ring_bytes, plan.layout_hash, options.location);
             },
             &own));
-  Pinned pinned{device};
+  std::optional<PinnedHost> pinned;
   check("attach ring", attempt(
                            [&] {
                              if (!ring_here) return;
@@ -161,8 +145,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
                                                                    options.location);
                              }
                              if (copies_from_ring) {
-                               device.pin(ring_segment->data(), ring_bytes, /*read_only=*/false);
-                               pinned.host = ring_segment->data();
+                               pinned.emplace(device, ring_segment->data(), ring_bytes, /*read_only=*/false);
                              }
                            },
                            &own));
@@ -171,7 +154,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
                               if (ring_segment && topo.is_node_leader()) ring_segment->release_name();
                             },
                             &own));
-  if (ring_here) stats.ring_bytes = ring_bytes;
+  if (ring_here) stats.ring_bytes = stats.node_bytes_staged = ring_bytes;
   stats.phases.push_back({"ring", seconds_since(start)});
 
   // Step work.
@@ -316,8 +299,6 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
     std::string how = arrived_by[i].empty() ? "empty" : fmt::format("{}", fmt::join(arrived_by[i], "+"));
     ++stats.transports[how];
   }
-  stats.node_bytes_staged = ring_here ? ring_bytes : 0;
-  stats.rank_bytes_read = checkpoint_bytes_read() - read_before;
   return stats;
 }
 
