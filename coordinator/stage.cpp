@@ -19,8 +19,14 @@ void fill(const TensorInfo& t, const PlannedTensor& p, const uint8_t* source, ui
 }  // namespace
 
 StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::vector<size_t>& batch, int node,
-                         int reader, const std::vector<uint8_t*>& segment_data) {
+                         int reader, const std::vector<uint8_t*>& segment_data,
+                         const std::function<void(uint64_t bytes)>& on_staged) {
   StageStats stats;
+  auto staged = [&](uint64_t bytes) {
+    ++stats.tensors;
+    stats.bytes_written += bytes;
+    if (on_staged) on_staged(bytes);
+  };
   for (size_t index : batch) {
     const PlannedSegment& segment = plan.segments[index];
     if (segment.owner_node != node) continue;  // another node reads it and sends it over
@@ -43,16 +49,14 @@ StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::ve
             file.read_exact_at(bounce.data(), bounce.size(), t.file_offset);
             fill(t, p, bounce.data(), data);
           }
-          ++stats.tensors;
-          stats.bytes_written += p.nbytes;
+          staged(p.nbytes);
         }
       } else {
         std::map<std::string, Bytes> decoded = decode_bin_shard(catalog, segment.shard);
         for (const PlannedTensor& p : segment.tensors) {
           const TensorInfo& t = catalog.tensors[p.catalog_index];
           fill(t, p, decoded.at(t.name).data, data);
-          ++stats.tensors;
-          stats.bytes_written += p.nbytes;
+          staged(p.nbytes);
         }
       }
     } catch (const Error& e) {

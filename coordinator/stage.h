@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "coordinator/catalog.h"
@@ -18,8 +19,9 @@ struct StageStats {
 // Fills, for every segment of `batch` owned by `node`, the tensors whose reader is `reader` (a local rank).
 // segment_data[i] is the writable data of plan.segments[i] (only the batch's entries are used). safetensors bytes are
 // pread straight into the segment (through a bounce buffer only when converting); a .bin shard is decoded once and
-// copied in.
+// copied in. on_staged(bytes), when set, runs after each tensor this reader wrote (progress displays).
 StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::vector<size_t>& batch, int node,
-                         int reader, const std::vector<uint8_t*>& segment_data);
+                         int reader, const std::vector<uint8_t*>& segment_data,
+                         const std::function<void(uint64_t bytes)>& on_staged = {});
 
 }  // namespace shardcast

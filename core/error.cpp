@@ -20,7 +20,7 @@ const char* error_code_name(ErrorCode code) {
 }
 
 Error Error::with_context(std::string_view context) const {
-  return Error(code_, fmt::format("{}: {}", context, what()));
+  return Error(code_, fmt::format("{}: {}", context, what()), ranks_);
 }
 
 void throw_system_error(std::string_view call, std::string_view subject, int errno_value) {

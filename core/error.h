@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace shardcast {
 
@@ -21,9 +22,13 @@ const char* error_code_name(ErrorCode code);
 
 class Error : public std::runtime_error {
  public:
-  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  Error(ErrorCode code, const std::string& message, std::vector<int> ranks = {})
+      : std::runtime_error(message), code_(code), ranks_(std::move(ranks)) {}
 
   ErrorCode code() const { return code_; }
+  // The other ranks (world numbering) this error is about: the rank that failed, or the ranks a wait timed out on.
+  // Empty when the error is this rank's own. Bindings use it (Python's PeerError.ranks).
+  const std::vector<int>& ranks() const { return ranks_; }
 
   // The same error with "context: " in front, added while unwinding (llama.cpp style):
   //   loading shard 3/8 'model-00003-of-00008.safetensors': tensor 'lm_head.weight': ...
@@ -31,6 +36,7 @@ class Error : public std::runtime_error {
 
  private:
   ErrorCode code_;
+  std::vector<int> ranks_;
 };
 
 // Throws kSystem naming the call, what it acted on and errno's text.

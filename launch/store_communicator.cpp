@@ -34,6 +34,7 @@ long long seconds(Timeout t) {
 // has failed (then the store's host lingers only briefly at close).
 struct StoreState {
   std::string description;  // "the rendezvous store at host:port (hosted by rank 0)"
+  int host_rank = -1;       // the world rank whose process serves the store; -1: the launcher or a file
   bool failed = false;
 };
 
@@ -41,12 +42,14 @@ class StoreCommunicator final : public Communicator {
  public:
   // `hosts_store`: this rank's process serves the store, so its world communicator waits (bounded) for every rank to
   // check out before letting it go; otherwise the last collective's readers could find the store gone.
-  StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix, int rank, int size,
+  // `world_ranks[r]`: the world rank of this communicator's rank r (errors name world ranks).
+  StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix, int rank, std::vector<int> world_ranks,
                     std::shared_ptr<StoreState> state, bool is_world = false, bool hosts_store = false)
       : store_(std::move(store)),
         prefix_(std::move(prefix)),
         rank_(rank),
-        size_(size),
+        size_(static_cast<int>(world_ranks.size())),
+        world_ranks_(std::move(world_ranks)),
         state_(std::move(state)),
         is_world_(is_world),
         hosts_store_(hosts_store) {}
@@ -114,8 +117,10 @@ class StoreCommunicator final : public Communicator {
     std::sort(members.begin(), members.end());
     int new_rank =
         static_cast<int>(std::find(members.begin(), members.end(), std::make_pair(key, rank_)) - members.begin());
+    std::vector<int> world_ranks;
+    for (const auto& member : members) world_ranks.push_back(world_ranks_[member.second]);
     return std::make_unique<StoreCommunicator>(store_, fmt::format("{}/split{}/{}", prefix_, split_id, color), new_rank,
-                                               static_cast<int>(members.size()), state_);
+                                               std::move(world_ranks), state_);
   }
 
  private:
@@ -149,8 +154,13 @@ class StoreCommunicator final : public Communicator {
 
   [[noreturn]] void lost_store(const std::string& what, const std::exception& e) {
     state_->failed = true;
-    throw Error(ErrorCode::kSystem, fmt::format("rank {} of {} lost {} in '{}': {}", rank_, size_, state_->description,
-                                                what, first_line(e)));
+    // A store that rank 0 served is lost with rank 0.
+    std::vector<int> gone;
+    if (state_->host_rank >= 0 && state_->host_rank != world_ranks_[rank_]) gone.push_back(state_->host_rank);
+    throw Error(
+        ErrorCode::kSystem,
+        fmt::format("rank {} of {} lost {} in '{}': {}", rank_, size_, state_->description, what, first_line(e)),
+        std::move(gone));
   }
 
   void set(const std::string& key, const std::string& value) {
@@ -168,11 +178,17 @@ class StoreCommunicator final : public Communicator {
     }
     state_->failed = true;
     std::vector<std::string> missing;
-    for (const std::string& key : keys) {
-      if (!guarded(what, [&] { return store_->check({key}); })) missing.push_back(key.substr(key.rfind('/') + 1));
+    std::vector<int> missing_world;
+    for (int r = 0; r < static_cast<int>(keys.size()); ++r) {
+      if (guarded(what, [&] { return store_->check({keys[r]}); })) continue;
+      missing.push_back(std::to_string(r));
+      missing_world.push_back(world_ranks_[r]);
     }
-    throw Error(ErrorCode::kTimeout, fmt::format("rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}",
-                                                 rank_, size_, seconds(timeout), what, fmt::join(missing, ", ")));
+    throw Error(ErrorCode::kTimeout,
+                fmt::format("rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}{}", rank_, size_,
+                            seconds(timeout), what, fmt::join(missing, ", "),
+                            is_world_ ? "" : fmt::format(" (world rank(s) {})", fmt::join(missing_world, ", "))),
+                std::move(missing_world));
   }
 
   // The host keeps the store up until every rank has read the last collective's keys and said so.
@@ -197,12 +213,19 @@ class StoreCommunicator final : public Communicator {
   std::string prefix_;
   int rank_;
   int size_;
+  std::vector<int> world_ranks_;
   std::shared_ptr<StoreState> state_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_;
   bool is_world_;
   bool hosts_store_;
   uint64_t seq_ = 0;
 };
+
+std::vector<int> identity_ranks(int size) {
+  std::vector<int> ranks(size);
+  std::iota(ranks.begin(), ranks.end(), 0);
+  return ranks;
+}
 
 // The store a rank hosts stays up for the life of the process: the next Session reuses it (keys are namespaced per
 // session) instead of racing the other ranks to tear it down and bring it up again on the same port.
@@ -223,7 +246,7 @@ std::unique_ptr<Communicator> make_file_store_communicator(const std::filesystem
     auto store = c10::make_intrusive<c10d::FileStore>(path.string(), size);
     auto state = std::make_shared<StoreState>();
     state->description = fmt::format("the rendezvous file store '{}'", path.string());
-    return std::make_unique<StoreCommunicator>(store, "sc", rank, size, state, /*is_world=*/true);
+    return std::make_unique<StoreCommunicator>(store, "sc", rank, identity_ranks(size), state, /*is_world=*/true);
   } catch (const c10::Error& e) {
     throw Error(ErrorCode::kSystem, fmt::format("cannot open the rendezvous file store '{}': {}", path.string(),
                                                 e.what_without_backtrace()));
@@ -242,6 +265,7 @@ std::unique_ptr<Communicator> make_tcp_store_communicator(const std::string& hos
   auto state = std::make_shared<StoreState>();
   state->description = fmt::format("the rendezvous store at {}:{} (hosted by {})", host, port,
                                    launcher_hosts ? "the launcher" : "rank 0");
+  state->host_rank = launcher_hosts ? -1 : 0;
   c10::intrusive_ptr<c10d::Store> store;
   try {
     store = c10::make_intrusive<c10d::PrefixStore>(key_prefix, tcp_store(host, options));
@@ -253,7 +277,8 @@ std::unique_ptr<Communicator> make_tcp_store_communicator(const std::string& hos
             : fmt::format("rank {} of {} cannot reach {} (MASTER_ADDR:MASTER_PORT) within {} s: {}", rank, size,
                           state->description, seconds(timeout), first_line(e)));
   }
-  return std::make_unique<StoreCommunicator>(store, "sc", rank, size, state, /*is_world=*/true, options.isServer);
+  return std::make_unique<StoreCommunicator>(store, "sc", rank, identity_ranks(size), state, /*is_world=*/true,
+                                             options.isServer);
 }
 
 }  // namespace shardcast

@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/size.h"
+#include "shm/write_fault.h"
 
 namespace shardcast::shm {
 namespace bip = boost::interprocess;
@@ -177,6 +178,7 @@ Segment::Segment(std::string name, Location location, std::unique_ptr<Mapping> m
 }
 
 Segment::~Segment() {
+  unwatch_read_only(base_);  // before the mapping goes
   if (owns_name_) {
     try {
       unlink(name_, location_);
@@ -242,6 +244,7 @@ std::shared_ptr<Segment> Segment::attach(const std::string& name, uint64_t layou
                                                 "disagree about the checkpoint or options",
                                                 where, h.layout_hash, layout_hash));
   }
+  if (access == Access::kReadOnly) watch_read_only(segment->base_, segment->data_size_ + kHeaderBytes, name);
   return segment;
 }
 

@@ -1,5 +1,6 @@
 #include "worker/node_loader.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include <fmt/format.h>
@@ -72,7 +73,8 @@ void NodeLoader::agree(const std::string& step, const std::string& my_error, Tim
     if (outcomes[r].empty()) continue;
     throw Error(ErrorCode::kRemoteRankFailed,
                 fmt::format("rank {} {} failed in '{}': {}", r, outcomes[r].substr(0, outcomes[r].find(')') + 1), step,
-                            outcomes[r].substr(outcomes[r].find(')') + 2)));
+                            outcomes[r].substr(outcomes[r].find(')') + 2)),
+                {r});
   }
 }
 
@@ -100,8 +102,10 @@ void NodeLoader::open(const std::filesystem::path& checkpoint, Timeout timeout) 
   wire = group_.world->all_gather(topo.rank == 0 ? wire : "", "catalog", timeout)[0];
   if (own) throw *own;
   if (wire.empty() || wire[0] != 'O') {
-    throw Error(ErrorCode::kRemoteRankFailed, fmt::format("rank 0 could not read checkpoint '{}': {}",
-                                                          checkpoint.string(), wire.empty() ? "" : wire.substr(1)));
+    throw Error(ErrorCode::kRemoteRankFailed,
+                fmt::format("rank 0 could not read checkpoint '{}': {}", checkpoint.string(),
+                            wire.empty() ? "" : wire.substr(1)),
+                {0});
   }
   catalog_ = decode_catalog(wire.substr(1));
 }
@@ -123,7 +127,8 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
   auto start = Clock::now();
   LoadRequest request = options.request;
   if (options.select) {
-    request.tensors = options.select(catalog_);
+    // Job-wide: a rank whose module does not match (strict) stops every rank, rather than leaving them waiting.
+    check("select", attempt([&] { request.tensors = options.select(catalog_); }, &own));
     request.only_listed = true;
   }
   request.one_shard_at_a_time = options.placement == Placement::kPrivate || options.placement == Placement::kCuda;
@@ -139,10 +144,26 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
       options.placement == Placement::kCopyOnWrite ? shm::Access::kCopyOnWrite : shm::Access::kReadOnly;
 
   double create_s = 0, stage_s = 0, exchange_s = 0, attach_s = 0, consume_s = 0;
+  uint64_t bytes_done = 0;  // of the batches staged so far
+  auto report_bytes = [&](uint64_t done) {
+    if (options.on_bytes) options.on_bytes(std::min(done, plan.total_bytes), plan.total_bytes);
+  };
+  report_bytes(0);
   for (size_t b = 0; b < plan.batches.size(); ++b) {
     const std::vector<size_t>& batch = plan.batches[b];
     auto step = [&](const char* name) {
       if (options.on_step) options.on_step(name, b, plan.batches.size());
+    };
+    // While the batch stages, this rank sees only its own reads: scale them by its share of the batch.
+    uint64_t batch_bytes = 0, my_share = 0, mine_done = 0;
+    for (size_t i : batch) {
+      batch_bytes += plan.segments[i].size;
+      if (plan.segments[i].owner_node != topo.node) continue;
+      for (const PlannedTensor& p : plan.segments[i].tensors) my_share += p.reader == topo.local_rank ? p.nbytes : 0;
+    }
+    auto on_staged = [&](uint64_t bytes) {
+      mine_done += bytes;
+      report_bytes(bytes_done + static_cast<uint64_t>(static_cast<double>(batch_bytes) * mine_done / my_share));
     };
     // 3. The leader checks room and creates the batch's segments, fully allocated.
     start = Clock::now();
@@ -177,11 +198,14 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                                                                            shm::Access::kReadWrite, options.location);
                            data[i] = writable[i]->data();
                          }
-                         StageStats s = stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data);
+                         StageStats s =
+                             stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data, on_staged);
                          stats.rank_bytes_staged += s.bytes_written;
                        },
                        &own));
     stage_s += seconds_since(start);
+    bytes_done += batch_bytes;
+    report_bytes(bytes_done);
 
     // 4b. Across nodes, each segment was read by its owner node only: the leaders send it to the others.
     if (topo.node_count > 1) {

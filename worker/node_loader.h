@@ -48,6 +48,9 @@ struct NodeLoadOptions {
   // Called as each step starts ("create", "stage", "attach", "materialize") with the batch number and count: the
   // CLI's progress display, and tests that make a rank fail at a chosen point.
   std::function<void(const std::string& step, size_t batch, size_t batches)> on_step;
+  // Called as the node's copy fills: bytes of the load done (estimated from this rank's share while a batch stages,
+  // exact between batches) and in all. Progress bars.
+  std::function<void(uint64_t done, uint64_t total)> on_bytes;
   Timeout timeout = std::chrono::minutes(10);  // for each wait between ranks (staging included)
   TensorParallel tp;                           // tp.rank is ignored: rank r holds slice r % tp.size
 };

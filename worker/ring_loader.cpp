@@ -289,6 +289,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
                 device.synchronize();
                 const uint64_t done = h2d ? k : k - 1;
                 if (h2d || k >= 1) complete_through(stream.chunk_end(done));
+                if (options.on_bytes && (h2d || k >= 1)) options.on_bytes(stream.chunk_end(done), stream.total_bytes);
               },
               &own));
   }

@@ -42,6 +42,7 @@ NodeLoadOptions node_options(const LoadOptions& o) {
   if (n.location.dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) n.location.dir = std::getenv("SHARDCAST_SHM_DIR");
   n.timeout = o.timeout;
   n.on_step = o.progress;
+  n.on_bytes = o.progress_bytes;
   n.tp = o.tp;
   return n;
 }
@@ -61,7 +62,7 @@ std::string shape_text(at::IntArrayRef shape) {
 }  // namespace
 
 std::vector<std::filesystem::path> save_sharded(const StateDict& state, const std::filesystem::path& dir,
-                                                const std::string& max_shard_size) {
+                                                const std::string& max_shard_size, bool safe_serialization) {
   std::vector<TensorData> tensors;
   for (const auto& item : state) {
     at::Tensor t = item.value().detach().to(at::kCPU).contiguous();
@@ -80,6 +81,7 @@ std::vector<std::filesystem::path> save_sharded(const StateDict& state, const st
   }
   WriterOptions options;
   options.max_shard_size = parse_size(max_shard_size);
+  options.format = safe_serialization ? CheckpointFormat::kSafetensors : CheckpointFormat::kTorchBin;
   return shardcast::save_sharded(tensors, dir, options);
 }
 
@@ -124,10 +126,16 @@ StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptio
 
 LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::path& checkpoint,
                               const LoadOptions& options, bool strict) {
+  NamedTensors targets;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
+  return load_into(targets, checkpoint, options, strict, /*assign=*/false);
+}
+
+LoadReport Session::load_into(NamedTensors& named, const std::filesystem::path& checkpoint, const LoadOptions& options,
+                              bool strict, bool assign) {
   // The module's tensors by name; tied parameters (one TensorImpl under several names) are filled once.
-  std::map<std::string, at::Tensor> targets;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace(item.key(), item.value());
-  for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace(item.key(), item.value());
+  std::map<std::string, at::Tensor> targets(named.begin(), named.end());
 
   LoadReport report;
   NodeLoadOptions n = node_options(options);
@@ -147,6 +155,12 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
                         shape == t.shape ? "" : fmt::format(" (slice of {})", shape_string(t.shape)),
                         shape_text(it->second.sizes())));
       } else if (tensor_selected(t.name, options.tensors)) {
+        if (!assign && it->second.is_meta()) {
+          throw Error(ErrorCode::kInvalidArgument,
+                      fmt::format("'{}' is on the meta device (built under init_empty_weights): it has no memory to "
+                                  "fill; load with assign=true, which makes the loaded tensors the module's",
+                                  t.name));
+        }
         wanted.push_back(t.name);
       }
     }
@@ -168,6 +182,7 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
   };
 
   std::set<const void*> filled;
+  std::map<const void*, at::Tensor> assigned;  // assign: the loaded tensor for each target TensorImpl
   auto first_fill = [&](const std::string& name) -> at::Tensor* {
     at::Tensor& target = targets.at(name);
     if (!filled.insert(target.unsafeGetTensorImpl()).second) return nullptr;  // a tied parameter, already loaded
@@ -178,32 +193,45 @@ LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::
   if (options.placement == Placement::kCuda) {
     // The parameters become the rank's device tensors (in the checkpoint's or the asked dtype): no second copy.
     for (auto& [name, tensor] : impl_->load(checkpoint, n, options)) {
-      if (at::Tensor* target = first_fill(name)) target->set_data(tensor);
-    }
-    report.stats = impl_->last;
-    return report;
-  }
-  impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
-    for (const LoadedTensor& t : batch) {
-      at::Tensor* target = first_fill(t.info->name);
+      at::Tensor* target = first_fill(name);
       if (!target) continue;
-      const bool same_dtype = to_scalar_type(t.dtype) == target->scalar_type();
-      if (options.placement == Placement::kPrivate && same_dtype) {
-        // in place, on whatever device the module lives: no second copy
-        target->copy_(host_tensor(t, Placement::kShared, tp));
-      } else if (!target->device().is_cpu()) {
-        throw Error(ErrorCode::kInvalidArgument,
-                    fmt::format("parameter '{}' is on {}: the {} placement gives host views; use private (copies "
-                                "into the module in its dtype {}), cuda, or load before moving the module",
-                                t.info->name, target->device().str(), placement_name(options.placement),
-                                c10::toString(target->scalar_type())));
+      if (assign) {
+        assigned[target->unsafeGetTensorImpl()] = tensor;
       } else {
-        // shared/cow: the parameter becomes the staged view; a different dtype (dtype "auto") follows the checkpoint,
-        // as transformers' torch_dtype="auto" does.
-        target->set_data(host_tensor(t, options.placement, tp));
+        target->set_data(tensor);
       }
     }
-  });
+  } else {
+    impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
+      for (const LoadedTensor& t : batch) {
+        at::Tensor* target = first_fill(t.info->name);
+        if (!target) continue;
+        const bool same_dtype = to_scalar_type(t.dtype) == target->scalar_type();
+        if (assign) {
+          assigned[target->unsafeGetTensorImpl()] = host_tensor(t, options.placement, tp);
+        } else if (options.placement == Placement::kPrivate && same_dtype) {
+          // in place, on whatever device the module lives: no second copy
+          target->copy_(host_tensor(t, Placement::kShared, tp));
+        } else if (!target->device().is_cpu()) {
+          throw Error(ErrorCode::kInvalidArgument,
+                      fmt::format("parameter '{}' is on {}: the {} placement gives host views; use private (copies "
+                                  "into the module in its dtype {}), cuda, or load before moving the module",
+                                  t.info->name, target->device().str(), placement_name(options.placement),
+                                  c10::toString(target->scalar_type())));
+        } else {
+          // shared/cow: the parameter becomes the staged view; a different dtype (dtype "auto") follows the
+          // checkpoint, as transformers' torch_dtype="auto" does.
+          target->set_data(host_tensor(t, options.placement, tp));
+        }
+      }
+    });
+  }
+  if (assign) {
+    for (auto& [name, tensor] : named) {
+      auto it = assigned.find(tensor.unsafeGetTensorImpl());
+      if (it != assigned.end()) tensor = it->second;
+    }
+  }
   report.stats = impl_->last;
   return report;
 }

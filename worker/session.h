@@ -30,9 +30,15 @@ struct LoadOptions {
   TensorParallel tp;
   // Called as each step of each batch starts: "create", "stage", "attach", "materialize" (progress displays).
   std::function<void(const std::string& step, size_t batch, size_t batches)> progress;
+  // Called as the node's copy fills: bytes of this load done and in all (byte progress bars).
+  std::function<void(uint64_t done, uint64_t total)> progress_bytes;
 };
 
 using StateDict = torch::OrderedDict<std::string, torch::Tensor>;
+
+// A module's tensors by name, as state_dict() lists them: tied parameters appear under each of their names and share
+// one TensorImpl. What load_into fills (or, with assign, replaces).
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 struct LoadReport {
   std::vector<std::string> missing_keys;     // in the module, not in the checkpoint
@@ -44,9 +50,12 @@ struct LoadReport {
 
 // Writes a state dict as a Hugging Face style sharded safetensors checkpoint into a new or empty directory:
 // model-00001-of-0000N.safetensors + model.safetensors.index.json, or one model.safetensors when it fits.
-// max_shard_size as transformers reads it ("5GB" = 5x10^9, "2GiB" = 2x2^30). Returns the files written.
+// max_shard_size as transformers reads it ("5GB" = 5x10^9, "2GiB" = 2x2^30). safe_serialization = false writes
+// torch.save shards instead (pytorch_model-0000K-of-0000N.bin + pytorch_model.bin.index.json). Returns the files
+// written.
 std::vector<std::filesystem::path> save_sharded(const StateDict& state, const std::filesystem::path& dir,
-                                                const std::string& max_shard_size = "5GB");
+                                                const std::string& max_shard_size = "5GB",
+                                                bool safe_serialization = true);
 
 class Session {
  public:
@@ -70,6 +79,13 @@ class Session {
   // kInvalidArgument (after listing them); otherwise they are only reported. Tied parameters are loaded once.
   LoadReport load_into(torch::nn::Module& module, const std::filesystem::path& checkpoint,
                        const LoadOptions& options = {}, bool strict = true);
+
+  // The same over named tensors (the Python binding passes a module's state_dict(keep_vars=True)). assign = false:
+  // each target keeps its identity and is filled as above (a target on the meta device is an error). assign = true:
+  // each loaded target's tensor is replaced by the loaded one (every name of a tied group by the same tensor), as
+  // nn.Module.load_state_dict(assign=True) does; the caller puts them into its module. Targets may be on meta.
+  LoadReport load_into(NamedTensors& targets, const std::filesystem::path& checkpoint, const LoadOptions& options,
+                       bool strict, bool assign);
 
   const LoadStats& last_stats() const;
 
