@@ -23,6 +23,8 @@ namespace {
 // One Session per process, made on the first call that needs the job (import alone opens nothing), closed at exit.
 std::mutex session_mutex;
 std::unique_ptr<Session> session;
+// Loads are collectives, in the same order on every rank: two Python threads of one rank take turns.
+std::mutex load_mutex;
 
 Session& job(double timeout_s) {
   std::lock_guard<std::mutex> lock(session_mutex);
@@ -215,6 +217,7 @@ PYBIND11_MODULE(_shardcast, m) {
         LoadStats stats;
         {
           py::gil_scoped_release release;
+          std::lock_guard<std::mutex> lock(load_mutex);
           Session& s = job(py_options.timeout);
           state = s.load(checkpoint, options);
           stats = s.last_stats();
@@ -233,6 +236,7 @@ PYBIND11_MODULE(_shardcast, m) {
         LoadReport report;
         {
           py::gil_scoped_release release;
+          std::lock_guard<std::mutex> lock(load_mutex);
           report = job(py_options.timeout).load_into(targets, checkpoint, options, strict, assign);
         }
         py::dict out;

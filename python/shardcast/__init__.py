@@ -277,10 +277,9 @@ def init_empty_weights(include_buffers: bool = False) -> Iterator[None]:
         original_parameter(self, name, param)
         # One already on meta is kept as it is: `lm_head.weight = embed.weight` must stay the same object (tied).
         if param is not None and not param.is_meta:
-            kind = type(self._parameters[name])
-            kwargs = self._parameters[name].__dict__
-            kwargs["requires_grad"] = param.requires_grad
-            self._parameters[name] = kind(self._parameters[name].to(meta), **kwargs)
+            kind = type(param)  # a Parameter subclass keeps its class and attributes
+            kwargs = {**param.__dict__, "requires_grad": param.requires_grad}
+            self._parameters[name] = kind(param.to(meta), **kwargs)
 
     def register_buffer(self: torch.nn.Module, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
         original_buffer(self, name, tensor, persistent=persistent)
