@@ -92,3 +92,12 @@ def test_under_torchrun(safetensors_ckpt, tensors):
           "pg-first", str(safetensors_ckpt)]
     result = subprocess.run(pg, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_ranks_strict_failure_stops_every_rank_naming_it(safetensors_ckpt):
+    procs = spawn_ranks(3, "mismatch_on_one_rank.py", safetensors_ckpt)
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert procs[1].returncode == 4 and "missing keys [extra]" in outputs[1], outputs[1]
+    for rank in (0, 2):
+        assert procs[rank].returncode == 3, outputs[rank]
+        assert "ranks=[1]" in outputs[rank] and "missing keys [extra]" in outputs[rank], outputs[rank]

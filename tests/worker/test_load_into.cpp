@@ -40,6 +40,39 @@ void write_checkpoint(const std::filesystem::path& dir) {
   save_sharded({f32("embed", {4, 3}, 1), f32("head", {4, 3}, 1), f32("norm", {3}, 100), f32("junk", {5}, 0)}, dir);
 }
 
+TEST(LoadInto, AssignReplacesMetaTargetsAndTiedNamesShareTheLoadedTensor) {
+  TempDir dir;
+  write_checkpoint(dir / "ckpt");
+  Session session(make_self_communicator());
+  at::Tensor tied = torch::empty({4, 3}, torch::kMeta);
+  NamedTensors targets{{"embed", tied}, {"head", tied}, {"norm", torch::empty({3}, torch::kMeta)}};
+  LoadOptions options;
+  options.placement = Placement::kCopyOnWrite;
+  LoadReport report = session.load_into(targets, dir / "ckpt", options, /*strict=*/false, /*assign=*/true);
+  EXPECT_EQ(report.loaded, 2u);
+  EXPECT_EQ(report.unexpected_keys, std::vector<std::string>{"junk"});
+  ASSERT_EQ(targets.size(), 3u);
+  for (const auto& [name, t] : targets) EXPECT_FALSE(t.is_meta()) << name;
+  EXPECT_TRUE(targets[0].second.is_same(targets[1].second)) << "tied names came apart";
+  EXPECT_EQ(targets[0].second[3][2].item<float>(), 12.0f);
+  EXPECT_EQ(targets[2].second[2].item<float>(), 102.0f);
+}
+
+TEST(LoadInto, FillingAMetaTargetIsRefusedNamingItAndAssign) {
+  TempDir dir;
+  write_checkpoint(dir / "ckpt");
+  Session session(make_self_communicator());
+  NamedTensors targets{{"norm", torch::empty({3}, torch::kMeta)}};
+  try {
+    session.load_into(targets, dir / "ckpt", {}, /*strict=*/false, /*assign=*/false);
+    FAIL() << "a meta target was filled";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("'norm' is on the meta device"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("assign"), std::string::npos) << e.what();
+  }
+}
+
 TEST(LoadInto, ReportsMissingAndUnexpectedKeysAndLoadsTiedParametersOnce) {
   TempDir dir;
   write_checkpoint(dir / "ckpt");
