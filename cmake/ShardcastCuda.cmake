@@ -1,10 +1,7 @@
 # Resolves SHARDCAST_WITH_CUDA (AUTO|ON|OFF) into SHARDCAST_HAVE_CUDA, CUDA::cudart, NCCL_INCLUDE_DIR and NCCL_LIBRARY.
 # The CUDA code is host code (runtime API + NCCL), so g++ builds it; nvcc is not needed.
 set(SHARDCAST_HAVE_CUDA 0)
-string(TOUPPER "${SHARDCAST_WITH_CUDA}" _want)
-if(NOT _want MATCHES "^(AUTO|ON|OFF)$")
-  message(FATAL_ERROR "SHARDCAST_WITH_CUDA must be AUTO, ON or OFF, not '${SHARDCAST_WITH_CUDA}'")
-endif()
+shardcast_want(SHARDCAST_WITH_CUDA _want)
 
 if(NOT _want STREQUAL "OFF")
   if(NOT CUDAToolkit_ROOT AND EXISTS /usr/local/cuda)

@@ -2,10 +2,7 @@
 # this build links (Debian: /usr/bin/python3 + python3-torch; a pip torch: the python that has it), its headers,
 # pybind11 (Debian's python3-pybind11, or the copy pip's torch ships) and libtorch_python.
 set(SHARDCAST_HAVE_PYTHON 0)
-string(TOUPPER "${SHARDCAST_WITH_PYTHON}" _want_python)
-if(NOT _want_python MATCHES "^(AUTO|ON|OFF)$")
-  message(FATAL_ERROR "SHARDCAST_WITH_PYTHON must be AUTO, ON or OFF, not '${SHARDCAST_WITH_PYTHON}'")
-endif()
+shardcast_want(SHARDCAST_WITH_PYTHON _want_python)
 
 function(_shardcast_python_problem text)
   if(_want_python STREQUAL "ON")

@@ -45,6 +45,19 @@ at::ScalarType to_torch(DType dtype, const std::string& name) {
   return *type;
 }
 
+// LibTorch's pickler names each storage torch.<Type>Storage, a class PyTorch has only for the classic dtypes: a .bin
+// holding F8 or U16/U32/U64 (which LibTorch 2.x could write) would not load in PyTorch.
+bool python_can_load_in_bin(DType dtype) {
+  switch (dtype) {
+    case DType::kF8_E5M2:
+    case DType::kF8_E4M3:
+    case DType::kU16:
+    case DType::kU32:
+    case DType::kU64: return false;
+    default: return true;
+  }
+}
+
 void check_zip_magic(const std::filesystem::path& path) {
   File file = File::open_read(path);
   unsigned char magic[4] = {0, 0, 0, 0};
@@ -196,6 +209,11 @@ std::vector<BinTensor> read_torch_bin_metadata(const std::filesystem::path& path
 void write_torch_bin(const std::filesystem::path& path, const std::vector<TensorData>& tensors) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const TensorData& t : tensors) {
+    if (!python_can_load_in_bin(t.dtype)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("tensor '{}': dtype {} cannot go into a torch .bin that PyTorch loads; use safetensors",
+                              t.name, dtype_name(t.dtype)));
+    }
     auto options = at::TensorOptions().dtype(to_torch(t.dtype, t.name));
     at::Tensor tensor = at::empty(t.shape, options);
     if (tensor.nbytes() != t.bytes.size) {

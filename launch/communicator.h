@@ -53,6 +53,9 @@ std::unique_ptr<Communicator> make_tcp_store_communicator(const std::string& hos
 // Open MPI's MPI_COMM_WORLD; initialises MPI on first use and finalizes it at exit.
 std::unique_ptr<Communicator> make_mpi_world_communicator();
 
+// The communicators this build has, for `shardcast info`: "mpi, store (Gloo broadcasts), self" or less.
+std::string built_communicators();
+
 struct LaunchEnv;
 // The communicator the launcher implies: MPI under Open MPI, SLURM (PMIx) and PMI launchers; a TCPStore for
 // torchrun-style launches; this process alone otherwise. Throws if its rank or size disagrees with the launcher's.

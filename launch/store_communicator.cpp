@@ -1,6 +1,7 @@
 // Collectives over a c10d::Store (LibTorch's FileStore/TCPStore): each rank writes a key, then waits for the others'.
 // Broadcasts, which carry the bulk data (the catalog, segments exchanged between nodes), go over a Gloo process group
-// rendezvoused through the same store: peer to peer, rather than every byte relayed by the store's host.
+// rendezvoused through the same store: peer to peer, rather than every byte relayed by the store's host. A LibTorch
+// without Gloo's headers (PyTorch's wheels) relays broadcasts through the store (USE_C10D_GLOO unset).
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -9,9 +10,12 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (its home since fmt 11)
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "core/error.h"
@@ -28,6 +32,12 @@ std::string first_line(const std::exception& e) {
 
 long long seconds(Timeout t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t).count();
+}
+
+std::vector<int> identity_ranks(int size) {
+  std::vector<int> ranks(size);
+  std::iota(ranks.begin(), ranks.end(), 0);
+  return ranks;
 }
 
 // What the world communicator and its splits share: where the store is (for messages), and whether any collective
@@ -57,7 +67,7 @@ class StoreCommunicator final : public Communicator {
   ~StoreCommunicator() override {
     if (!is_world_) return;
     try {
-      store_->set(fmt::format("{}/checked-out/{}", prefix_, rank_), {});
+      store_->set(fmt::format("{}/checked-out/{}", prefix_, rank_), std::vector<uint8_t>{});
       // After a failure the others are failing too; linger only briefly, so they can still ask who is missing.
       if (hosts_store_) close_store(state_->failed ? std::chrono::seconds(5) : std::chrono::seconds(30));
     } catch (const std::exception&) {
@@ -75,7 +85,7 @@ class StoreCommunicator final : public Communicator {
     set(base + "/" + std::to_string(rank_), "v" + mine);
     std::vector<std::string> keys;
     for (int r = 0; r < size_; ++r) keys.push_back(base + "/" + std::to_string(r));
-    wait(keys, what, timeout);
+    wait(keys, identity_ranks(size_), what, timeout);
     std::vector<std::string> values;
     for (const std::string& key : keys) {
       std::vector<uint8_t> bytes = guarded(what, [&] { return store_->get(key); });
@@ -86,6 +96,7 @@ class StoreCommunicator final : public Communicator {
 
   void broadcast(void* data, size_t size, int root, const std::string& what, Timeout timeout) override {
     if (size_ == 1 || size == 0) return;
+#ifdef USE_C10D_GLOO
     try {
       std::vector<at::Tensor> tensors{
           at::from_blob(data, {static_cast<int64_t>(size)}, at::TensorOptions().dtype(at::kByte))};
@@ -103,6 +114,26 @@ class StoreCommunicator final : public Communicator {
           timed_out ? ErrorCode::kTimeout : ErrorCode::kSystem,
           fmt::format("rank {} of {}: broadcast '{}' from rank {} failed: {}", rank_, size_, what, root, error));
     }
+#else
+    // Through the store: the root sets one value (callers send bulk data in bounded pieces), every other rank gets
+    // it, and the root deletes it once all have said so.
+    const std::string key = fmt::format("{}/{}/bcast", prefix_, seq_++);
+    if (rank_ == root) {
+      const auto* bytes = static_cast<const uint8_t*>(data);
+      guarded(what, [&] { store_->set(key, std::vector<uint8_t>(bytes, bytes + size)); });
+    } else {
+      wait({key}, {root}, what, timeout);
+      const std::vector<uint8_t> bytes = guarded(what, [&] { return store_->get(key); });
+      if (bytes.size() != size) {
+        throw Error(ErrorCode::kSystem,
+                    fmt::format("rank {} of {}: broadcast '{}' from rank {} carried {} bytes, not {}", rank_, size_,
+                                what, root, bytes.size(), size));
+      }
+      std::copy(bytes.begin(), bytes.end(), static_cast<uint8_t*>(data));
+    }
+    barrier(what, timeout);
+    if (rank_ == root) guarded(what, [&] { return store_->deleteKey(key); });
+#endif
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& what, Timeout timeout) override {
@@ -124,6 +155,7 @@ class StoreCommunicator final : public Communicator {
   }
 
  private:
+#ifdef USE_C10D_GLOO
   // Made on the first broadcast, which every rank of this communicator enters together (it is a collective).
   c10d::ProcessGroupGloo* gloo(Timeout timeout) {
     if (!gloo_) {
@@ -140,9 +172,10 @@ class StoreCommunicator final : public Communicator {
     }
     return gloo_.get();
   }
+#endif
 
-  // Runs a store call; a broken connection (std::system_error from the TCPStore client, not a c10::Error) means the
-  // store's host is gone.
+  // Runs a store call; any failure of a set, get or check (LibTorch 1.13's TCPStore client throws std::system_error,
+  // 2.x a c10::DistNetworkError) means the store's host is gone.
   template <typename Call>
   auto guarded(const std::string& what, Call call) -> decltype(call()) {
     try {
@@ -167,22 +200,25 @@ class StoreCommunicator final : public Communicator {
     guarded("store set", [&] { store_->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
   }
 
-  void wait(const std::vector<std::string>& keys, const std::string& what, Timeout timeout) {
+  // `ranks[i]`: the rank that sets keys[i] (a timeout names the ranks whose keys are missing).
+  void wait(const std::vector<std::string>& keys, const std::vector<int>& ranks, const std::string& what,
+            Timeout timeout) {
     try {
       store_->wait(keys, timeout);
       return;
     } catch (const c10::Error&) {
-      // Timed out: name the ranks that never arrived (below).
+      // Timed out (or, on LibTorch 2.x, the connection broke: then the checks below find the store gone): name the
+      // ranks that never arrived.
     } catch (const std::exception& e) {
       lost_store(what, e);
     }
     state_->failed = true;
     std::vector<std::string> missing;
     std::vector<int> missing_world;
-    for (int r = 0; r < static_cast<int>(keys.size()); ++r) {
-      if (guarded(what, [&] { return store_->check({keys[r]}); })) continue;
-      missing.push_back(std::to_string(r));
-      missing_world.push_back(world_ranks_[r]);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (guarded(what, [&] { return store_->check({keys[i]}); })) continue;
+      missing.push_back(std::to_string(ranks[i]));
+      missing_world.push_back(world_ranks_[ranks[i]]);
     }
     throw Error(ErrorCode::kTimeout,
                 fmt::format("rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}{}", rank_, size_,
@@ -215,17 +251,13 @@ class StoreCommunicator final : public Communicator {
   int size_;
   std::vector<int> world_ranks_;
   std::shared_ptr<StoreState> state_;
+#ifdef USE_C10D_GLOO
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_;
+#endif
   bool is_world_;
   bool hosts_store_;
   uint64_t seq_ = 0;
 };
-
-std::vector<int> identity_ranks(int size) {
-  std::vector<int> ranks(size);
-  std::iota(ranks.begin(), ranks.end(), 0);
-  return ranks;
-}
 
 // The store a rank hosts stays up for the life of the process: the next Session reuses it (keys are namespaced per
 // session) instead of racing the other ranks to tear it down and bring it up again on the same port.

@@ -5,8 +5,14 @@
 #include "core/error.h"
 #include "launch/communicator.h"
 #include "launch/launch_env.h"
+#include "shardcast/config.h"
 
 namespace shardcast {
+
+std::string built_communicators() {
+  return fmt::format("{}store ({}), self", SHARDCAST_HAVE_MPI ? "mpi, " : "",
+                     SHARDCAST_HAVE_GLOO ? "Gloo broadcasts" : "broadcasts through the store");
+}
 
 std::unique_ptr<Communicator> make_world_communicator(const LaunchEnv& env, Timeout timeout) {
   std::unique_ptr<Communicator> world;

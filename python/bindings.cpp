@@ -10,6 +10,7 @@
 
 #include "coordinator/inspect.h"
 #include "coordinator/verify.h"
+#include "launch/communicator.h"
 #include "launch/launch_env.h"
 #include "shardcast/config.h"
 #include "shardcast/shardcast.h"
@@ -297,6 +298,7 @@ PYBIND11_MODULE(_shardcast, m) {
     d["version"] = SHARDCAST_VERSION;
     d["torch"] = fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
     d["gpu"] = describe(query_gpu_info());
+    d["communicators"] = built_communicators();
     try {
       d["launcher"] = detect_launch_env().describe();
     } catch (const Error& e) {

@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "launch/communicator.h"
 #include "launch/launch_env.h"
 #include "shardcast/config.h"
 #include "tools/commands.h"
@@ -24,6 +25,7 @@ void add_info(CLI::App& app) {
     }
     fmt::print("shardcast {}\n", SHARDCAST_VERSION);
     fmt::print("gpu        {}\n", describe(query_gpu_info()));
+    fmt::print("comms      {}\n", built_communicators());
     try {
       fmt::print("launcher   {}\n", detect_launch_env().describe());
     } catch (const Error& e) {

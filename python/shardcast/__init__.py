@@ -329,8 +329,8 @@ def verify(checkpoint: PathLike) -> Dict[str, Any]:
 
 
 def info() -> Dict[str, Any]:
-    """This build's version, the torch it was built against, GPU support, and the launcher this process sees
-    (without joining the job)."""
+    """This build's version, the torch it was built against, GPU support, the communicators built, and the launcher
+    this process sees (without joining the job)."""
     return _C.info()
 
 

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "shardcast/config.h"
 #include "tests/support/run_command.h"
 #include "tests/support/safetensors_bytes.h"
 #include "tests/support/temp_dir.h"
@@ -212,6 +213,23 @@ TEST(Cli, PlacementCudaWithoutAGpuSaysWhyAndTheStandInLoadsBitExact) {
   r = run_cli({"load", ckpt, "--placement", "cuda", "--device-stand-in", "--ring", "2by1MB"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_CONTAINS(r.err, "--ring '2by1MB' is not SLOTSxSIZE");
+}
+
+// `info` names the communicators this build has; a build without MPI refuses a rank that mpirun started rather than
+// loading alone as a job of one.
+TEST(Cli, InfoNamesTheCommunicatorsAndABuildWithoutMpiRefusesMpirunRanks) {
+  CommandResult info = ok({"info"});
+  EXPECT_CONTAINS(info.out, "comms      ");
+  EXPECT_EQ(info.out.find("comms      mpi, store") != std::string::npos, SHARDCAST_HAVE_MPI == 1) << info.out;
+  if (SHARDCAST_HAVE_MPI) return;
+  TempDir dir;
+  const std::string ckpt = (dir / "ckpt").string();
+  ok({"synth", ckpt, "--size", "1MB", "--dtypes", "torch"});
+  CommandResult r =
+      run_command({"/usr/bin/env", "OMPI_COMM_WORLD_SIZE=2", "OMPI_COMM_WORLD_RANK=0", "OMPI_COMM_WORLD_LOCAL_RANK=0",
+                   "OMPI_COMM_WORLD_LOCAL_SIZE=2", SHARDCAST_CLI_PATH, "load", ckpt});
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_CONTAINS(r.err, "this shardcast was built without MPI");
 }
 
 }  // namespace

@@ -463,6 +463,32 @@ TEST(TorchBin, WriteTorchBinRoundTripsEveryDtypeBitExact) {
   }
 }
 
+// F8 and U16/U32/U64 have no torch.<Type>Storage class in PyTorch: whatever LibTorch is linked, writing them to a
+// .bin is refused, naming the tensor, and nothing is written.
+TEST(TorchBin, WriteTorchBinRefusesDtypesPyTorchCannotLoadFromABin) {
+  TempDir dir;
+  for (DType dtype : {DType::kF8_E4M3, DType::kF8_E5M2, DType::kU16, DType::kU32, DType::kU64}) {
+    std::vector<TensorData> tensors = every_dtype();
+    TensorData t;
+    t.name = "z.codes";
+    t.dtype = dtype;
+    t.shape = {4};
+    t.bytes = Bytes::from_vector(std::vector<uint8_t>(t.nbytes(), 7));
+    tensors.push_back(std::move(t));
+    try {
+      write_torch_bin(dir / "pytorch_model.bin", tensors);
+      ADD_FAILURE() << dtype_name(dtype) << " was written";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("tensor 'z.codes': dtype " + std::string(dtype_name(dtype)) +
+                                           " cannot go into a torch .bin"),
+                std::string::npos)
+          << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir / "pytorch_model.bin"));
+  }
+}
+
 TEST(TorchBin, WrittenBinLoadsInPyTorchWithShardcastsDigests) {
   TempDir dir;
   const std::vector<TensorData> written = every_dtype();

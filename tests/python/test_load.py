@@ -146,6 +146,7 @@ def test_inspect_and_info(safetensors_ckpt, tensors):
     info = shardcast.info()
     assert info["version"] == shardcast.__version__
     assert info["torch"].split(".")[:2] == torch.__version__.split(".")[:2]
+    assert "store" in info["communicators"] and "self" in info["communicators"]
 
 
 def test_save_sharded_round_trips_in_both_formats(tmp_path, tensors):

@@ -10,12 +10,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <regex>
 
 #include <fmt/format.h>
 
 #include "coordinator/catalog.h"
 #include "coordinator/convert.h"
 #include "coordinator/synth.h"
+#include "coordinator/torch_dtype.h"
 #include "launch/communicator.h"
 #include "tests/support/forked_sessions.h"
 #include "tests/support/temp_dir.h"
@@ -29,6 +31,9 @@ using testing::TempDir;
 using namespace testing::forked;
 
 constexpr uint64_t kCheckpointBytes = 3'000'000;
+// The bit-exact tests use every dtype this LibTorch holds: all of safetensors' on 2.3+ (F8, U16/U32/U64 included),
+// the .bin subset on Debian's 1.13.
+constexpr bool kTorchDtypesOnly = !(SHARDCAST_TORCH_HAS_FLOAT8 && SHARDCAST_TORCH_HAS_UINT);
 
 // SHARDCAST_TEST_DEVICE=cuda (tests/gpu/run.sh) runs these tests on cuda:0 instead of the host stand-in.
 bool on_real_gpu() {
@@ -66,7 +71,7 @@ uint64_t field(const std::string& line, const std::string& key) {
 
 TEST(DeviceLoad, H2DThroughASmallRingIsBitExactOnEveryRankAndHoldsOnlyTheRing) {
   TempDir dir;
-  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 900'000, CheckpointFormat::kSafetensors, true);
+  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 900'000, CheckpointFormat::kSafetensors, kTorchDtypesOnly);
   const std::string expected = expected_digest(dir / "ckpt");
   auto outcomes = with_sessions(dir, 3, [&](Session& session, int rank) {
     StateDict state = session.load(dir / "ckpt", on_stand_in("auto"));
@@ -100,7 +105,7 @@ TEST_P(DeviceTransports, TwoVirtualNodesGetTheCheckpointBitExact) {
   const TransportCase c = GetParam();
   SKIP_COLLECTIVES_ON_ONE_GPU(c.transport, 4);
   TempDir dir;
-  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 700'000, CheckpointFormat::kSafetensors, true);
+  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 700'000, CheckpointFormat::kSafetensors, kTorchDtypesOnly);
   const std::string expected = expected_digest(dir / "ckpt");
   auto outcomes = with_sessions(
       dir, 4,
@@ -147,7 +152,7 @@ TEST_P(DeviceTensorParallel, EachRankHoldsExactlyItsSlice) {
   const std::string transport = GetParam();
   SKIP_COLLECTIVES_ON_ONE_GPU(transport, 4);
   TempDir dir;
-  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 700'000, CheckpointFormat::kSafetensors, true);
+  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 700'000, CheckpointFormat::kSafetensors, kTorchDtypesOnly);
   auto outcomes = with_sessions(
       dir, 4,
       [&](Session& session, int rank) {
@@ -200,7 +205,7 @@ class DeviceDtype : public ::testing::TestWithParam<std::string> {};
 // Bytes cross in the checkpoint's dtype and are cast on the device: the same values as the host conversion.
 TEST_P(DeviceDtype, CastOnTheDeviceEqualsTheHostConversion) {
   TempDir dir;
-  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 900'000, CheckpointFormat::kSafetensors, true);
+  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 900'000, CheckpointFormat::kSafetensors, kTorchDtypesOnly);
   ConvertOptions convert;
   convert.dtype = dtype_from_user_name(GetParam());
   convert_checkpoint(dir / "ckpt", dir / "converted", convert);
@@ -235,7 +240,7 @@ TEST(DeviceLoad, BinCheckpointsStageOneShardAtATime) {
 
 TEST(DeviceLoad, OneRankRunsTheNcclPathsToo) {
   TempDir dir;
-  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 900'000, CheckpointFormat::kSafetensors, true);
+  synthesize_checkpoint(dir / "ckpt", kCheckpointBytes, 900'000, CheckpointFormat::kSafetensors, kTorchDtypesOnly);
   Session session(make_self_communicator());
   for (const char* transport : {"nccl", "scatter"}) {
     EXPECT_EQ(digest_of(session.load(dir / "ckpt", on_stand_in(transport))), expected_digest(dir / "ckpt"))
@@ -259,6 +264,26 @@ TEST(DeviceLoad, ARankWithoutAGpuFailsEveryRankNamingIt) {
   EXPECT_CONTAINS(outcome_file(dir, 1), std::to_string(static_cast<int>(ErrorCode::kInvalidArgument)));
   for (int r : {0, 2}) {
     EXPECT_CONTAINS(outcome_file(dir, r), "rank 1 (local rank 1 of node 0) failed in 'find device'");
+  }
+  EXPECT_TRUE(shardcast_segments().empty());
+}
+
+// On the GPU machine too: a device index the host lacks fails before any transfer, naming it, and leaves nothing.
+TEST(DeviceLoad, ADeviceIndexThisHostLacksIsAClearError) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 1'000'000, 0, CheckpointFormat::kSafetensors, true);
+  Session session(make_self_communicator());
+  LoadOptions options = on_stand_in("h2d");
+  options.gpu.host_stand_in = false;
+  options.gpu.device = 97;
+  try {
+    session.load(dir / "ckpt", options);
+    ADD_FAILURE() << "cuda:97 loaded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_TRUE(std::regex_search(e.what(), std::regex("no cuda:97 on this host|needs a build with CUDA|"
+                                                       "the LibTorch this shardcast links has no CUDA")))
+        << e.what();
   }
   EXPECT_TRUE(shardcast_segments().empty());
 }
