@@ -1,7 +1,7 @@
 // shardcast-bench gpu: placement cuda against the machine's own ceiling. One rank (no launcher needed): the pinned
 // host-to-device bandwidth measured here, then `shardcast load --placement cuda` through rings of several sizes, with
 // bytes/s as a fraction of that ceiling, the peak of node shared memory against the ring's size, and digests against
-// the checkpoint's.
+// the checkpoint's; page cache warm, then once cold for the first ring (when it can be dropped: root).
 #pragma once
 
 #include <string>

@@ -59,11 +59,14 @@ Measurement measure_command(const std::vector<std::string>& argv, int interval_m
   return m;
 }
 
-void drop_page_cache() {
+bool drop_page_cache() {
   sync();
   std::ofstream out("/proc/sys/vm/drop_caches");
   out << "3\n";
-  if (!out) std::fprintf(stderr, "shardcast-bench: warning: cannot drop the page cache (not root?); runs start warm\n");
+  out.flush();
+  if (out) return true;
+  std::fprintf(stderr, "shardcast-bench: warning: cannot drop the page cache (not root?); runs start warm\n");
+  return false;
 }
 
 }  // namespace shardcast::bench

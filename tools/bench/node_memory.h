@@ -30,7 +30,8 @@ struct Measurement {
 // Runs argv (no shell), sampling /proc/meminfo every `interval_ms` until it exits; output passes through.
 Measurement measure_command(const std::vector<std::string>& argv, int interval_ms = 10);
 
-// Drops the page cache (needs root; a no-op with a warning otherwise) so runs start cold and comparable.
-void drop_page_cache();
+// Drops the page cache (needs root; a no-op with a warning otherwise) so runs start cold and comparable. True when
+// it was dropped.
+bool drop_page_cache();
 
 }  // namespace shardcast::bench
