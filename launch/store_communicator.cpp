@@ -1,7 +1,8 @@
 // Collectives over a c10d::Store (LibTorch's FileStore/TCPStore): each rank writes a key, then waits for the others'.
 // Broadcasts, which carry the bulk data (the catalog, segments exchanged between nodes), go over a Gloo process group
 // rendezvoused through the same store: peer to peer, rather than every byte relayed by the store's host. A LibTorch
-// without Gloo's headers (PyTorch's wheels) relays broadcasts through the store (USE_C10D_GLOO unset).
+// without Gloo's headers (PyTorch's wheels) relays broadcasts through the store. The switch is SHARDCAST_HAVE_GLOO,
+// not USE_C10D_GLOO: a pip LibTorch defines that for its users even though it ships no Gloo headers.
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -11,9 +12,12 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>  // fmt::join (its home since fmt 11)
+
+#include "shardcast/config.h"  // SHARDCAST_HAVE_GLOO, before the includes it guards
+
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#ifdef USE_C10D_GLOO
+#if SHARDCAST_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -96,7 +100,7 @@ class StoreCommunicator final : public Communicator {
 
   void broadcast(void* data, size_t size, int root, const std::string& what, Timeout timeout) override {
     if (size_ == 1 || size == 0) return;
-#ifdef USE_C10D_GLOO
+#if SHARDCAST_HAVE_GLOO
     try {
       std::vector<at::Tensor> tensors{
           at::from_blob(data, {static_cast<int64_t>(size)}, at::TensorOptions().dtype(at::kByte))};
@@ -155,7 +159,7 @@ class StoreCommunicator final : public Communicator {
   }
 
  private:
-#ifdef USE_C10D_GLOO
+#if SHARDCAST_HAVE_GLOO
   // Made on the first broadcast, which every rank of this communicator enters together (it is a collective).
   c10d::ProcessGroupGloo* gloo(Timeout timeout) {
     if (!gloo_) {
@@ -251,7 +255,7 @@ class StoreCommunicator final : public Communicator {
   int size_;
   std::vector<int> world_ranks_;
   std::shared_ptr<StoreState> state_;
-#ifdef USE_C10D_GLOO
+#if SHARDCAST_HAVE_GLOO
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_;
 #endif
   bool is_world_;

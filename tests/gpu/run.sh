@@ -17,6 +17,7 @@
 #   rest       the remaining targets and the CPU test suite without MPI, if time is left
 #   shm        nothing of shardcast's left in /dev/shm
 # Usage: tests/gpu/run.sh [CHECKPOINT_SIZE (8GB)]. SHARDCAST_GPU_BUDGET: seconds for the whole script (420).
+# SHARDCAST_GPU_SKIP: stages not to run, e.g. "python peers" for a rerun that needs only the others.
 # Logs and results go to $OUT when set (the device tool brings that folder back), else build-gpu/out: summary.md,
 # logs.tar.gz (every stage's log), gpu-bench.{json,md}, peers.{json,md}, facts.txt. Without a GPU it stops after the
 # configure with exit 77 (so the bundle and the configure can be checked anywhere).
@@ -38,6 +39,11 @@ printf '| stage | result | seconds |\n|---|---|---|\n' >"$summary"
 stage() {
   local name=$1 max=$2
   shift 2
+  if [[ " ${SHARDCAST_GPU_SKIP:-} " == *" $name "* ]]; then
+    echo "| $name | skipped (SHARDCAST_GPU_SKIP) |  |" >>"$summary"
+    echo "== $name: skipped"
+    return 0
+  fi
   local left=$((budget - (SECONDS - started)))
   if [ "$left" -lt 10 ]; then
     echo "| $name | not run: the budget of $budget s is spent |  |" >>"$summary"
@@ -158,6 +164,11 @@ stage build 300 cmake --build build-gpu --parallel "$(nproc)" --target "${target
 
 stage device 150 env SHARDCAST_TEST_DEVICE=cuda build-gpu/tests/test_worker --gtest_filter='*Device*'
 build-gpu/tools/shardcast info >>"$out/facts.txt" 2>&1
+# Which libstdc++ answers std::filesystem calls (a pip LibTorch exports its own copy: pytorch/pytorch#133437).
+torch_cpu=$(find "$torch_prefix/../.." -name 'libtorch_cpu.so' 2>/dev/null | head -n 1)
+[ -n "$torch_cpu" ] && echo "std::filesystem symbols exported by $torch_cpu:" \
+  "$(nm -D --defined-only "$torch_cpu" 2>/dev/null | grep -c _ZNSt10filesystem)" >>"$out/facts.txt"
+LD_DEBUG=bindings build-gpu/tests/test_worker --gtest_list_tests 2>&1 | grep -m 3 'filesystem' >>"$out/facts.txt"
 
 python_check() {
   rm -rf build-gpu/python-check
@@ -182,8 +193,11 @@ export -f synth
 stage synth 120 synth
 
 bench() {
-  (cd build-gpu && tools/shardcast-bench gpu --checkpoint "$PWD/bench-$size" --out gpu-bench) &&
-    cp build-gpu/gpu-bench.json build-gpu/gpu-bench.md "$out/"
+  rm -f build-gpu/gpu-bench.json build-gpu/gpu-bench.md
+  (cd build-gpu && tools/shardcast-bench gpu --checkpoint "$PWD/bench-$size" --out gpu-bench)
+  local rc=$?
+  cp build-gpu/gpu-bench.json build-gpu/gpu-bench.md "$out/" 2>/dev/null  # whatever was written, even on failure
+  return $rc
 }
 export -f bench
 stage bench 150 bench
@@ -193,7 +207,7 @@ stage peers 180 env PYTHONPATH=build-gpu/python "$python" tests/gpu/peers_bench.
 rest() {
   # shellcheck disable=SC2086
   cmake --build build-gpu --parallel "$(nproc)" $keep_going &&
-    ctest --test-dir build-gpu --parallel 8 --timeout 120 -LE 'mpi|install' -E 'Device'
+    ctest --test-dir build-gpu --parallel 8 --timeout 120 --output-on-failure -LE 'mpi|install' -E 'Device'
 }
 export -f rest
 stage rest 240 rest

@@ -170,23 +170,30 @@ TEST(NodeLoad, ARankKilledDuringStagingTimesOutTheOthersAndLeavesNoSegment) {
 TEST(NodeLoad, ALeaderKilledBeforeUnlinkLeavesAnOrphanThatTheNextLoadRemoves) {
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 2'000'000, 0, CheckpointFormat::kSafetensors, true);
+  // Segments in a directory of this test's own: a load anywhere else on the node (ctest runs tests side by side)
+  // removes orphans in /dev/shm too, and would take this one before the test looks.
+  const shm::Location segments{dir / "segments"};
+  fs::create_directories(segments.dir);
   auto outcomes = with_sessions(dir, 2, [&](Session& session, int rank) {
     LoadOptions options;
     options.timeout = std::chrono::seconds(3);
+    options.shm_dir = segments.dir;
     options.progress = [rank](const std::string& step, size_t, size_t) {
       if (rank == 0 && step == "attach") raise(SIGKILL);
     };
     record(dir, rank, [&] { session.load(dir / "ckpt", options); });
   });
   EXPECT_TRUE(outcomes[0].signaled) << outcomes[0].describe();
-  EXPECT_FALSE(shardcast_segments().empty()) << "a leader killed before unlinking leaks its segments";
-  EXPECT_FALSE(shm::find_orphans(shm::Location{}).empty());
+  EXPECT_FALSE(fs::is_empty(segments.dir)) << "a leader killed before unlinking leaks its segments";
+  EXPECT_FALSE(shm::find_orphans(segments).empty());
   // The next load (any job) removes orphans of dead creators before it creates its own.
   setenv("SHARDCAST_JOB_ID", "another-job", 1);
   Session session(make_self_communicator());
   unsetenv("SHARDCAST_JOB_ID");
-  EXPECT_EQ(session.load(dir / "ckpt").size(), open_catalog(dir / "ckpt").tensors.size());
-  EXPECT_TRUE(shardcast_segments().empty());
+  LoadOptions options;
+  options.shm_dir = segments.dir;
+  EXPECT_EQ(session.load(dir / "ckpt", options).size(), open_catalog(dir / "ckpt").tensors.size());
+  EXPECT_TRUE(fs::is_empty(segments.dir));
 }
 
 TEST(NodeLoad, TooLittleSharedMemoryFailsBeforeAllocatingWithTheFix) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -97,16 +98,20 @@ int run_gpu(const GpuBenchArgs& args) {
                                {"peak_shmem_bytes", m.peak_shmem},
                                {"peak_unreclaimable_bytes", m.peak_unreclaimable},
                                {"bit_exact", exact}};
-    table += fmt::format("| {} | {} | {} | {} | {:.3f} | {:.2f} | {:.1f}% | {} | {:.3f}x | {} |\n", ring, cache,
-                         r["device"].get<std::string>(), format_size(bytes), stream_s, rate / 1e9, 100 * rate / ceiling,
-                         format_size(m.peak_shmem), ring_bytes ? static_cast<double>(m.peak_shmem) / ring_bytes : 0.0,
-                         exact ? "equal" : "DIFFER");
+    const std::string line =
+        fmt::format("| {} | {} | {} | {} | {:.3f} | {:.2f} | {:.1f}% | {} | {:.3f}x | {} |\n", ring, cache,
+                    r["device"].get<std::string>(), format_size(bytes), stream_s, rate / 1e9, 100 * rate / ceiling,
+                    format_size(m.peak_shmem), ring_bytes ? static_cast<double>(m.peak_shmem) / ring_bytes : 0.0,
+                    exact ? "equal" : "DIFFER");
+    table += line;
+    fmt::print("{}", line);  // as each run ends, so a later failure keeps it in the log
+    std::fflush(stdout);
     results["runs"].push_back(row);
   };
+  fmt::print("{}", table);
   for (const std::string& ring : args.rings) run_ring(ring, "warm");
   // Cold: every byte from storage, once for the first ring (root only: dropping the page cache needs it).
   if (!args.rings.empty() && drop_page_cache()) run_ring(args.rings.front(), "cold");
-  fmt::print("{}", table);
   fmt::print("\npeak shmem: node-wide Shmem above its level before the load (the ring; other work moves it too)\n");
   std::ofstream(args.out + ".json") << results.dump(2) << "\n";
   std::ofstream(args.out + ".md") << table;
