@@ -38,6 +38,8 @@ CheckpointIndex parse_index(std::string_view text, const std::string& label) {
     if (!it.value().is_string()) bad(fmt::format("weight_map entry '{}' is not a file name", it.key()));
     index.weight_map[it.key()] = it.value().get<std::string>();
   }
+  // Loading nothing would pass for success while the shards beside the index go unread.
+  if (index.weight_map.empty()) bad("weight_map maps no tensor to a shard");
   return index;
 }
 

@@ -14,9 +14,10 @@ CheckpointSummary summarize_checkpoint(const std::filesystem::path& path) {
     d.bytes += t.nbytes();
     s.tied += t.tied_to.empty() ? 0 : 1;
   }
-  for (const ShardInfo& shard : s.catalog.shards) {
+  for (size_t i = 0; i < s.catalog.shards.size(); ++i) {
+    const ShardInfo& shard = s.catalog.shards[i];
     s.file_bytes += shard.file_size;
-    if (!s.largest || shard.file_size > s.largest->file_size) s.largest = &shard;
+    if (!s.largest || shard.file_size > s.catalog.shards[*s.largest].file_size) s.largest = i;
     s.metadata.insert(shard.metadata.begin(), shard.metadata.end());
   }
   return s;
@@ -34,7 +35,12 @@ nlohmann::ordered_json summary_json(const CheckpointSummary& s) {
   out["tied_tensors"] = s.tied;
   out["tensor_bytes"] = catalog.tensor_bytes();
   out["file_bytes"] = s.file_bytes;
-  out["largest_shard"] = s.largest ? json{{"file", s.largest->file}, {"bytes", s.largest->file_size}} : json(nullptr);
+  if (s.largest) {
+    const ShardInfo& largest = catalog.shards[*s.largest];
+    out["largest_shard"] = {{"file", largest.file}, {"bytes", largest.file_size}};
+  } else {
+    out["largest_shard"] = nullptr;
+  }
   out["shards"] = json::array();
   for (const ShardInfo& shard : catalog.shards) {
     out["shards"].push_back({{"file", shard.file}, {"bytes", shard.file_size}, {"tensors", shard.tensor_count}});

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -22,7 +23,7 @@ struct CheckpointSummary {
   Catalog catalog;
   std::map<std::string, DTypeStats> dtypes;  // by safetensors dtype name
   uint64_t file_bytes = 0;                   // all shard files
-  const ShardInfo* largest = nullptr;        // into catalog.shards; null when there are none
+  std::optional<size_t> largest;             // index into catalog.shards (an index survives copies)
   std::map<std::string, std::string> metadata;
   size_t tied = 0;  // tensors that share another name's storage (.bin)
 };

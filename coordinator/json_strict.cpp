@@ -1,6 +1,6 @@
 #include "coordinator/json_strict.h"
 
-#include <set>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
@@ -9,48 +9,97 @@
 
 namespace shardcast {
 namespace {
+
+using nlohmann::json;
+
 // Checkpoint JSON is two or three levels deep; deeper input is refused before anything recurses over it.
-constexpr int kMaxDepth = 16;
+constexpr size_t kMaxDepth = 16;
+
+// Builds the document from nlohmann's SAX events, refusing a duplicate key or a 17th level of nesting the moment it
+// arrives. Each value is placed once, so parsing is linear in the text: a header of 200,000 tensors is one pass
+// (nlohmann's callback parser, used before, rescanned the enclosing object on every key and went quadratic).
+class StrictBuilder : public nlohmann::json_sax<json> {
+ public:
+  StrictBuilder(const std::string& label, std::string_view what) : label_(label), what_(what) {}
+
+  json take() { return std::move(root_); }
+
+  bool null() override { return place(nullptr); }
+  bool boolean(bool value) override { return place(value); }
+  bool number_integer(number_integer_t value) override { return place(value); }
+  bool number_unsigned(number_unsigned_t value) override { return place(value); }
+  bool number_float(number_float_t value, const string_t&) override { return place(value); }
+  bool string(string_t& value) override { return place(std::move(value)); }
+  bool binary(binary_t& value) override { return place(json::binary(std::move(value))); }
+
+  bool start_object(std::size_t) override { return open(json::value_t::object); }
+  bool start_array(std::size_t) override { return open(json::value_t::array); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+
+  bool key(string_t& key) override {
+    auto [it, inserted] = open_.back()->get_ref<json::object_t&>().emplace(std::move(key), nullptr);
+    if (!inserted) fail(fmt::format("has the key '{}' more than once", it->first));
+    slot_ = &it->second;
+    return true;
+  }
+
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    // Syntax errors, and numbers past a double's range (1e400, a million digits): never an "internal error".
+    fail(fmt::format("is not valid JSON: {}", e.what()));
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}': {} {}", label_, what_, why));
+  }
+
+  template <typename Value>
+  bool place(Value&& value) {
+    if (open_.empty()) {
+      root_ = json(std::forward<Value>(value));
+    } else if (open_.back()->is_array()) {
+      open_.back()->get_ref<json::array_t&>().emplace_back(std::forward<Value>(value));
+    } else {
+      *slot_ = json(std::forward<Value>(value));
+    }
+    return true;
+  }
+
+  bool open(json::value_t type) {
+    if (open_.size() == kMaxDepth) fail(fmt::format("nests deeper than {} levels", kMaxDepth));
+    place(type);
+    json* opened = open_.empty()              ? &root_
+                   : open_.back()->is_array() ? &open_.back()->get_ref<json::array_t&>().back()
+                                              : slot_;
+    open_.push_back(opened);
+    return true;
+  }
+
+  bool close() {
+    open_.pop_back();
+    return true;
+  }
+
+  const std::string& label_;
+  std::string_view what_;
+  json root_;
+  std::vector<json*> open_;  // the containers being filled, outermost first
+  json* slot_ = nullptr;     // the value of the object key just read
+};
+
 }  // namespace
 
 nlohmann::json parse_json_strict(std::string_view text, const std::string& label, std::string_view what) {
-  using nlohmann::json;
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  bool too_deep = false;
-  auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
-    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
-        depth > kMaxDepth) {
-      too_deep = true;  // keep parsing flat from here: the value is discarded and the whole parse rejected below
-      return false;
-    }
-    switch (event) {
-      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
-      case json::parse_event_t::object_end: open_objects.pop_back(); break;
-      case json::parse_event_t::key:
-        if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
-          duplicate = parsed.get<std::string>();
-        }
-        break;
-      default: break;
-    }
-    return true;
-  };
-  json parsed;
-  try {
-    parsed = json::parse(text.begin(), text.end(), callback);
-  } catch (const json::parse_error& e) {
-    throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}': {} is not valid JSON: {}", label, what, e.what()));
-  }
-  if (too_deep) {
+  // nlohmann stops at a NUL as at the end of the input, so "{...}\0anything" would pass; JSON text holds no NUL.
+  if (const void* nul = std::memchr(text.data(), '\0', text.size())) {
     throw Error(ErrorCode::kCorruptCheckpoint,
-                fmt::format("'{}': {} nests deeper than {} levels", label, what, kMaxDepth));
+                fmt::format("'{}': {} has a NUL byte at byte {} of {} (JSON text holds none; padding is spaces)", label,
+                            what, static_cast<const char*>(nul) - text.data(), text.size()));
   }
-  if (!duplicate.empty()) {
-    throw Error(ErrorCode::kCorruptCheckpoint,
-                fmt::format("'{}': {} has the key '{}' more than once", label, what, duplicate));
-  }
-  return parsed;
+  StrictBuilder builder(label, what);
+  json::sax_parse(text.begin(), text.end(), &builder);  // strict: only whitespace may follow the value
+  return builder.take();
 }
 
 }  // namespace shardcast

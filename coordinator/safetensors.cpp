@@ -90,6 +90,7 @@ SafetensorsHeader parse_safetensors_header(std::string_view text, uint64_t data_
   header.data_size = data_size;
   for (auto it = root.begin(); it != root.end(); ++it) {
     if (it.key() == "__metadata__") {
+      if (it.value().is_null()) continue;  // the reference reader takes null as no metadata
       if (!it.value().is_object()) corrupt(label, "__metadata__ is not a JSON object");
       for (auto m = it.value().begin(); m != it.value().end(); ++m) {
         if (!m.value().is_string()) corrupt(label, fmt::format("__metadata__ value of '{}' is not a string", m.key()));

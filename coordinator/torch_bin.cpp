@@ -58,12 +58,13 @@ bool python_can_load_in_bin(DType dtype) {
   }
 }
 
-void check_zip_magic(const std::filesystem::path& path) {
+// Returns the file's size.
+uint64_t check_zip_magic(const std::filesystem::path& path) {
   File file = File::open_read(path);
   unsigned char magic[4] = {0, 0, 0, 0};
   if (file.size() < 4) corrupt(path, fmt::format("file is {} bytes, too short for a torch.save archive", file.size()));
   file.read_exact_at(magic, 4, 0);
-  if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) return;
+  if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) return file.size();
   if (magic[0] == 0x80) {
     corrupt(path,
             "legacy torch.save format (non-zip, before PyTorch 1.6) is not supported; re-save it with "
@@ -78,7 +79,7 @@ namespace {
 
 // The view must lie inside its storage, and (with data) the storage inside the record it was read from.
 void check_view_fits(const std::filesystem::path& path, const std::string& name, const at::Tensor& t,
-                     const std::map<const void*, size_t>* record_bytes) {
+                     uint64_t file_size, const std::map<const void*, size_t>* record_bytes) {
   const uint64_t item = t.element_size();
   const uint64_t storage_bytes = t.storage().nbytes();
   if (t.storage_offset() < 0) corrupt(path, fmt::format("tensor '{}' has a negative storage offset", name));
@@ -98,6 +99,15 @@ void check_view_fits(const std::filesystem::path& path, const std::string& name,
   if (!empty && (__builtin_mul_overflow(last + 1, item, &needed) || needed > storage_bytes)) {
     corrupt(path, fmt::format("tensor '{}' reaches byte {} of a storage of {} bytes", name, needed, storage_bytes));
   }
+  // A view may repeat its storage (stride 0), but what it would be copied out to must be justified by the file: a
+  // 500-byte archive must not become 4 GB of contiguous tensor.
+  uint64_t view_bytes = 0;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(t.numel()), item, &view_bytes) ||
+      (view_bytes > storage_bytes && view_bytes > file_size)) {
+    corrupt(path, fmt::format("tensor '{}' repeats a storage of {} bytes into a view of {} bytes, more than the whole "
+                              "file ({} bytes)",
+                              name, storage_bytes, view_bytes, file_size));
+  }
   if (record_bytes && storage_bytes > 0) {
     auto it = record_bytes->find(t.storage().data());
     const uint64_t held = it == record_bytes->end() ? 0 : it->second;
@@ -109,7 +119,7 @@ void check_view_fits(const std::filesystem::path& path, const std::string& name,
 }
 
 std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data) {
-  check_zip_magic(path);
+  const uint64_t file_size = check_zip_magic(path);
   c10::IValue root;
   // The unpickler sizes a storage from the element count in the pickle, not from its record: remember each record's
   // size so a storage that claims more than its record holds is refused, not read past its end.
@@ -118,7 +128,7 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
     // What torch::jit::readArchiveAndTensors does, with the pickle made readable by this unpickler first.
     caffe2::serialize::PyTorchStreamReader reader(path.string());
     // Without data only the zip directory and the pickle are read; storages become empty placeholders.
-    count_checkpoint_read(with_data ? std::filesystem::file_size(path) : 0);
+    count_checkpoint_read(with_data ? file_size : 0);
     auto [pickle_data, pickle_size] = reader.getRecord("data.pkl");
     const std::string pickle =
         make_pickle_loadable_by_libtorch(std::string_view(static_cast<const char*>(pickle_data.get()), pickle_size));
@@ -163,7 +173,7 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
                                 item.value().tagKind()));
     }
     const at::Tensor& tensor = item.value().toTensor();
-    check_view_fits(path, name, tensor, with_data ? &record_bytes : nullptr);
+    check_view_fits(path, name, tensor, file_size, with_data ? &record_bytes : nullptr);
     entries.emplace_back(name, tensor);
   }
   std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first < b.first; });

@@ -19,7 +19,10 @@ void run_inspect(const std::string& path, bool as_json) {
              catalog.index_path.empty() ? " (single file)"
                                         : fmt::format(" (index {})", catalog.index_path.filename().string()));
   fmt::print("shards       {}, {} on disk", catalog.shards.size(), format_size(s.file_bytes));
-  if (s.largest) fmt::print(", largest {} ({})", format_size(s.largest->file_size), s.largest->file);
+  if (s.largest) {
+    const ShardInfo& largest = catalog.shards[*s.largest];
+    fmt::print(", largest {} ({})", format_size(largest.file_size), largest.file);
+  }
   fmt::print("\n");
   fmt::print("tensors      {} holding {}{}\n", catalog.tensors.size(), format_size(catalog.tensor_bytes()),
              s.tied ? fmt::format(" ({} tied to another name)", s.tied) : "");

@@ -1,6 +1,7 @@
 // The index and its consistency with the shards: each defect is found, named, and (in verify mode) all are listed.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -116,6 +117,16 @@ TEST(Index, MissingShardFileIsNamed) {
   EXPECT_CONTAINS(first_problem(dir.path()), "shard 'model-00002-of-00003.safetensors' is listed in weight_map but");
 }
 
+// A FIFO opened for reading waits for a writer forever: it is refused by what it is, naming it (issue 13).
+TEST(Index, AShardThatIsAFifoIsRefusedNotWaitedOn) {
+  TempDir dir;
+  write_three_shards(dir.path());
+  const fs::path shard = dir / "model-00002-of-00003.safetensors";
+  fs::remove(shard);
+  ASSERT_EQ(mkfifo(shard.c_str(), 0600), 0);
+  EXPECT_CONTAINS(first_problem(dir.path()), "'" + shard.string() + "' is a FIFO, expected a regular file");
+}
+
 TEST(Index, MappedTensorMissingFromItsShardIsReported) {
   TempDir dir;
   write_three_shards(dir.path());
@@ -197,6 +208,12 @@ TEST(IndexParse, MalformedIndexesAreRejected) {
       {R"({"weight_map":{"a":"x","a":"y"}})", "has the key 'a' more than once"},
       {R"({"metadata":{"total_size":-4},"weight_map":{}})", "metadata.total_size -4 is not a non-negative integer"},
       {R"({"weight_map":{})", "is not valid JSON"},
+      // Loading nothing while shards sit beside the index would pass for success.
+      {R"({"metadata":{},"weight_map":{}})", "weight_map maps no tensor to a shard"},
+      // An object past the depth limit once crashed the strict parser.
+      {"[[[[[[[[[[[[[[[[[{\"a\":1}]]]]]]]]]]]]]]]]]", "index nests deeper than 16 levels"},
+      // Numbers past a double's range are a problem with the file, not an internal error.
+      {R"({"metadata":{"total_size":1e400},"weight_map":{"a":"x"}})", "number overflow"},
   };
   for (const Case& c : cases) {
     try {
@@ -208,7 +225,15 @@ TEST(IndexParse, MalformedIndexesAreRejected) {
       EXPECT_CONTAINS(e.what(), "'idx.json'");
     }
   }
-  EXPECT_EQ(parse_index(R"({"metadata":{"total_size":12.0},"weight_map":{}})", "x").total_size, 12u);
+  const std::string million_digits = R"({"metadata":{"total_size":)" + std::string(1'000'000, '9') + "}}";
+  try {
+    parse_index(million_digits, "idx.json");
+    ADD_FAILURE() << "accepted a million-digit total_size";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kCorruptCheckpoint);
+    EXPECT_CONTAINS(e.what(), "number overflow");
+  }
+  EXPECT_EQ(parse_index(R"({"metadata":{"total_size":12.0},"weight_map":{"a":"x"}})", "x").total_size, 12u);
 }
 
 }  // namespace

@@ -24,18 +24,76 @@ TEST(PickleCompat, StreamsWithoutEditsPassUnchanged) {
   EXPECT_EQ(make_pickle_loadable_by_libtorch(list), list);
 }
 
+void expect_refused(const std::string& stream, const std::string& why) {
+  try {
+    make_pickle_loadable_by_libtorch(stream);
+    ADD_FAILURE() << "accepted " << ::testing::PrintToString(stream);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kCorruptCheckpoint);
+    EXPECT_NE(std::string(e.what()).find("the pickle is malformed"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+  }
+}
+
 TEST(PickleCompat, StreamsThatWouldUnderflowTheUnpicklerAreRefused) {
   for (const std::string& bad :
        {std::string("garbage"), std::string(), bytes({0x80, 2, 'Q', '.'}), bytes({0x80, 2, 'R', '.'}),
         bytes({0x80, 2, 0x85, '.'}), bytes({0x80, 2, '}', 'b', '.'}), bytes({0x80, 2, '(', 'K', 1, 'u', '.'}),
         bytes({0x80, 2, 'K', 1})}) {
-    try {
-      make_pickle_loadable_by_libtorch(bad);
-      ADD_FAILURE() << "accepted " << ::testing::PrintToString(bad);
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kCorruptCheckpoint);
-      EXPECT_NE(std::string(e.what()).find("the pickle is malformed"), std::string::npos) << e.what();
-    }
+    expect_refused(bad, "");
+  }
+}
+
+// The audit's streams (issue 13), each of which crashed LibTorch 1.13's unpickler behind the earlier pre-check: that
+// check took a MARK for a stack value, so TUPLE1/2, REDUCE and BINPERSID could "consume" one.
+TEST(PickleCompat, AMarkIsNeverAValueToPop) {
+  expect_refused(bytes({0x80, 2, '(', 0x85, '.'}), "needs 1 value(s) above the innermost MARK and finds 0");
+  expect_refused(bytes({0x80, 2, '(', '(', 'R', '.'}), "needs 2 value(s)");
+  expect_refused(bytes({0x80, 2, '(', 'Q', '.'}), "needs 1 value(s)");
+  expect_refused(bytes({0x80, 2, '(', 'N', 'N', '(', 0x86, 'd', '.'}), "needs 2 value(s)");  // a stale mark
+  expect_refused(bytes({0x80, 2, '(', 'N', 0x86, '.'}), "needs 2 value(s)");                 // once a bad free
+  expect_refused(bytes({0x80, 2, '(', '.'}), "STOP with nothing on the stack");
+  expect_refused(bytes({0x80, 2, '}', '(', 'K', 1, 'u', '.'}), "key without a value");  // SETITEMS reads past the end
+  expect_refused(bytes({0x80, 2, '(', 'K', 1, 'd', '.'}), "key without a value");
+  expect_refused(bytes({0x80, 2, 'N', 'e', '.'}), "needs a MARK");
+  expect_refused(bytes({0x80, 2, '(', '(', 'e', '.'}), "no container below its MARK");
+}
+
+TEST(PickleCompat, NestingMemoAndTypeStringsAreBounded) {
+  std::string deep = bytes({0x80, 2, 'N'}) + std::string(1'000'000, '\x85') + ".";  // TUPLE1 a million times
+  expect_refused(deep, "values nest deeper than 32 levels");
+  std::string shallow = bytes({0x80, 2, 'N'}) + std::string(30, '\x85') + ".";
+  EXPECT_EQ(make_pickle_loadable_by_libtorch(shallow), shallow);
+  // LONG_BINPUT 2^32 - 1 would grow LibTorch's memo to four billion entries.
+  expect_refused(bytes({0x80, 2, 'N', 'r', 0xff, 0xff, 0xff, 0xff, '.'}), "memo id 4294967295 skips ahead");
+  expect_refused(bytes({0x80, 2, 'h', 0, '.'}), "memo id 0 at byte 2 was never stored");
+  const std::string dicts = [] {
+    std::string type;
+    for (int i = 0; i < 5000; ++i) type += "Dict[str, ";
+    return type;
+  }();
+  std::string type_string = bytes({0x80, 2, 'X'});
+  for (int i = 0; i < 4; ++i) type_string += static_cast<char>((dicts.size() >> (8 * i)) & 0xff);
+  expect_refused(type_string + dicts + ".", "a string nests brackets deeper than 16 levels");
+}
+
+TEST(PickleCompat, OnlyLibTorchsOpcodesAndProtocolTwoPass) {
+  expect_refused(bytes({0x80, 4, 'N', '.'}), "does not start with PROTO 2");
+  expect_refused(bytes({0x80, 2, 'N', 'a', '.'}), "opcode 0x61 at byte 3");  // APPEND: LibTorch reads APPENDS only
+}
+
+TEST(PickleCompat, TheStateOfTheStateDictMustBeADictAndItsKeyIsReserved) {
+  // OrderedDict() with a BUILD whose state is an int: not what torch.save writes.
+  const std::string ordered_dict =
+      "\x80\x02"
+      "ccollections\nOrderedDict\n)R";
+  expect_refused(ordered_dict + "K\x01" + "b.", "BUILD gives the state dict a state that is not a dict");
+  EXPECT_NO_THROW(make_pickle_loadable_by_libtorch(ordered_dict + "}b."));
+  try {
+    make_pickle_loadable_by_libtorch(bytes({0x80, 2, '}', 'X', 22, 0, 0, 0}) + kPickleStateKey + "K\x01s.");
+    ADD_FAILURE() << "accepted a tensor under the reserved name";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("reserves"), std::string::npos) << e.what();
   }
 }
 

@@ -77,6 +77,15 @@ TEST(SafetensorsHeader, MetadataAndSpacePaddingAreAccepted) {
   EXPECT_EQ(h.tensors.size(), 1u);
 }
 
+// As the reference reader: null metadata is no metadata, and JSON whitespace may follow the header's object.
+TEST(SafetensorsHeader, NullMetadataAndTrailingWhitespaceAreAccepted) {
+  auto h = parse(R"({"__metadata__":null,"a":{"dtype":"BOOL","shape":[1],"data_offsets":[0,1]}})"
+                 "\n \t",
+                 1);
+  EXPECT_TRUE(h.metadata.empty());
+  EXPECT_EQ(h.tensors.size(), 1u);
+}
+
 TEST(SafetensorsHeader, EncodedHeaderIsAlignedAndParsesBack) {
   std::vector<SafetensorsEntry> entries = {{"x", DType::kF64, {2}, 0, 16}, {"y", DType::kU8, {3}, 16, 19}};
   std::string bytes = encode_safetensors_header(entries, {{"format", "pt"}});

@@ -375,7 +375,11 @@ TEST(TorchBinDeathTest, ViewsPastTheirStorageAndShortStorageRecordsAreRefusedNot
   EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin_metadata(oob), {oob.string(), "'w'"});  // the pickle alone shows it
   const fs::path short_record = bin_of("short_record");  // 16 bytes stored, 1 << 20 floats declared
   EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin(short_record), {short_record.string(), "'w'"});
-  for (const char* fixture : {"oob_view", "short_record"}) {
+  // One float repeated by stride 0 into 4 GB: what it would be copied out to must be justified by the file.
+  const fs::path bomb = bin_of("expanded_bomb");
+  EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin(bomb), {bomb.string(), "'w'", "more than the whole file"});
+  EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin_metadata(bomb), {bomb.string(), "'w'", "more than the whole file"});
+  for (const char* fixture : {"oob_view", "short_record", "expanded_bomb"}) {
     EXPECT_REFUSED_WITHOUT_CRASHING(
         {
           VerifyReport report = verify_checkpoint(kFixtures / fixture);

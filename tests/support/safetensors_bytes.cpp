@@ -51,6 +51,17 @@ std::vector<BrokenCase> broken_safetensors_cases() {
                              R"(,"data_offsets":[0,0]}})",
                          ""),
        "header nests deeper than 16 levels", ""},
+      // An object past the depth limit once crashed the depth check (issue 13).
+      {"HeaderNestedTooDeepAroundAnObject",
+       safetensors_bytes(R"({"a":)" + std::string(16, '[') + R"({"a":1})" + std::string(16, ']') + "}", ""),
+       "header nests deeper than 16 levels", ""},
+      // nlohmann stops at a NUL as at the end of its input: what follows must not slip through.
+      {"HeaderNulThenGarbage", safetensors_bytes(header_with(kA) + std::string("\0THIS IS NOT JSON", 17), d14),
+       "header has a NUL byte at byte", ""},
+      {"HeaderPaddedWithNuls", safetensors_bytes(header_with(kA) + std::string(6, '\0'), d14),
+       "header has a NUL byte at byte", ""},
+      {"ShapeNumberOverflow", with_a(R"("a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,8]})"), "number overflow",
+       ""},
       {"HeaderDuplicateKey", safetensors_bytes(std::string("{") + kA + "," + kA + "," + kB + "}", d14),
        "has the key 'a' more than once", ""},
       {"MetadataNotObject", safetensors_bytes(std::string(R"({"__metadata__":[1],)") + kA + "," + kB + "}", d14),

@@ -23,6 +23,7 @@
 #include "core/size.h"
 #include "tools/bench/baseline_loaders.h"
 #include "tools/bench/gpu_bench.h"
+#include "tools/bench/header_bench.h"
 #include "tools/bench/node_memory.h"
 #include "tools/bench/svg_chart.h"
 
@@ -576,9 +577,22 @@ int main(int argc, char** argv) {
   gpu->add_option("--device", gpu_args.device, "CUDA device index")->capture_default_str();
   gpu->add_option("--out", gpu_args.out, "prefix of the .json and .md written")->capture_default_str();
 
+  auto* headers = app.add_subcommand("headers", "Time parsing a safetensors header and an index of N tensors");
+  HeaderBenchArgs header_args;
+  headers->add_option("--tensors", header_args.tensors, "tensor counts to try")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  headers
+      ->add_option("--before-up-to", header_args.before_up_to,
+                   "also time the parser used before issue 13 up to this many tensors (it is quadratic)")
+      ->capture_default_str();
+  headers->add_option("--out", header_args.out, "prefix of the .json and .md written")->capture_default_str();
+
   try {
     app.parse(argc, argv);
     if (*gpu) return run_gpu(gpu_args);
+    if (*headers) return run_header_bench(header_args);
     if (*run) return run_matrix(checkpoint, size, ranks, methods, out, !warm);
     if (*demo) return run_demo(demo_checkpoint, demo_ranks);
     if (*nodes) return run_nodes(nodes_args);
