@@ -7,6 +7,29 @@
 
 namespace shardcast {
 namespace fs = std::filesystem;
+namespace {
+
+bool starts_with(const std::string& s, std::string_view prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// The Hugging Face hub cache repository folder that holds `real_root`, or empty. In that cache
+// (<cache>/models--org--name/{blobs,snapshots}) a snapshot's files are symlinks to ../../blobs/<hash>, so a checkpoint
+// at <repo>/snapshots/<rev> (or a folder below it) reads files from all over <repo>, but never outside it.
+fs::path hub_cache_repo(const fs::path& real_root) {
+  std::error_code ec;
+  for (fs::path dir = real_root; dir.has_relative_path(); dir = dir.parent_path()) {
+    const std::string name = dir.filename().string();
+    if (!starts_with(name, "models--") && !starts_with(name, "datasets--") && !starts_with(name, "spaces--")) continue;
+    const fs::path below = real_root.lexically_relative(dir);
+    auto part = below.begin();
+    const bool in_a_snapshot = part != below.end() && *part == "snapshots" && ++part != below.end();
+    if (in_a_snapshot && fs::is_directory(dir / "blobs", ec)) return dir;
+  }
+  return {};
+}
+
+}  // namespace
 
 CheckpointIndex parse_index(std::string_view text, const std::string& label) {
   auto bad = [&](const std::string& what) {
@@ -59,10 +82,15 @@ fs::path resolve_shard_path(const fs::path& root, const std::string& relative, c
   if (ec) throw_system_error("realpath", root.string(), ec.value());
   fs::path real = fs::weakly_canonical(joined, ec);
   if (ec) throw_system_error("realpath", joined.string(), ec.value());
-  auto mismatch = std::mismatch(real_root.begin(), real_root.end(), real.begin(), real.end());
-  if (mismatch.first != real_root.end()) {
-    bad(fmt::format("resolves to '{}', outside the checkpoint directory '{}' (through a symlink)", real.string(),
-                    real_root.string()));
+  const fs::path repo = hub_cache_repo(real_root);
+  const fs::path& allowed = repo.empty() ? real_root : repo;
+  auto mismatch = std::mismatch(allowed.begin(), allowed.end(), real.begin(), real.end());
+  if (mismatch.first != allowed.end()) {
+    bad(repo.empty() ? fmt::format("resolves to '{}', outside the checkpoint directory '{}' (through a symlink)",
+                                   real.string(), real_root.string())
+                     : fmt::format("resolves to '{}', outside the checkpoint directory '{}' and its Hugging Face cache "
+                                   "repository '{}' (through a symlink)",
+                                   real.string(), real_root.string(), repo.string()));
   }
   return joined;
 }

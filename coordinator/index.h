@@ -19,7 +19,9 @@ struct CheckpointIndex {
 CheckpointIndex parse_index(std::string_view json, const std::string& label);
 
 // The absolute path of shard `relative` under `root`. Rejects (kCorruptCheckpoint) an empty or absolute path, any '..'
-// component, and a path that leaves root through a symlink.
+// component, and a path that leaves root through a symlink; when root is a snapshot of a Hugging Face hub cache
+// (<repo>/snapshots/<rev>, <repo> named models--*, datasets--* or spaces--* and holding blobs/), symlinks may lead
+// anywhere inside <repo>, as the cache's links to ../../blobs/<hash> do.
 std::filesystem::path resolve_shard_path(const std::filesystem::path& root, const std::string& relative,
                                          const std::string& label);
 

@@ -16,6 +16,7 @@
 #include "core/size.h"
 #include "launch/supervisor.h"
 #include "shm/segment.h"
+#include "tools/cli_checks.h"
 
 namespace {
 
@@ -104,7 +105,9 @@ int main(int argc, char** argv) {
   app.add_option("--nnodes", a.nnodes, "nodes in the job (each runs one shardcast-run)")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  app.add_option("--node-rank,--node_rank", a.node_rank, "this node's index, 0 .. nnodes-1")->capture_default_str();
+  app.add_option("--node-rank,--node_rank", a.node_rank, "this node's index, 0 .. nnodes-1")
+      ->check(shardcast::cli::whole_number_at_least(0))
+      ->capture_default_str();
   app.add_option("--master-addr,--master_addr", a.master_addr,
                  "host of global rank 0, which hosts the rendezvous store")
       ->capture_default_str();
@@ -119,30 +122,31 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.prefix_command();  // everything from the first positional on is the command, its flags included
   app.footer("COMMAND [ARGS...]: the program each rank runs (looked up in PATH), and its arguments\n");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // usage errors exit 2, as in shardcast (CLI11's own codes start at 100)
+  }
+  const auto usage_error = [](const std::string& message) {
+    fmt::print(stderr, "shardcast-run: error: {}\n", message);
+    return 2;
+  };
   a.command = app.remaining();
-  if (!a.command.empty() && a.command[0] == "--") a.command.erase(a.command.begin());
-  if (a.command.empty()) {
-    fmt::print(stderr, "shardcast-run: error: no COMMAND given\n{}", app.help());
-    return 2;
+  // An explicit `--` ends the options: what follows is the command even if it starts with '-'.
+  const bool after_double_dash = !a.command.empty() && a.command[0] == "--";
+  if (after_double_dash) a.command.erase(a.command.begin());
+  if (a.command.empty()) return usage_error(fmt::format("no COMMAND given\n{}", app.help()));
+  if (!after_double_dash && a.command[0].size() > 1 && a.command[0][0] == '-') {
+    return usage_error(
+        fmt::format("unknown option '{}' (see --help; put -- before a command that starts with -)", a.command[0]));
   }
-  if (a.command[0].size() > 1 && a.command[0][0] == '-') {
-    fmt::print(stderr,
-               "shardcast-run: error: unknown option '{}' (see --help; put -- before a command that starts "
-               "with -)\n",
-               a.command[0]);
-    return 2;
+  if (a.node_rank >= a.nnodes) {
+    return usage_error(
+        fmt::format("--node-rank {} is not in 0 .. {} (--nnodes {})", a.node_rank, a.nnodes - 1, a.nnodes));
   }
+  if (a.standalone && a.nnodes != 1) return usage_error("--standalone runs one node: drop --nnodes");
 
   try {
-    if (a.node_rank < 0 || a.node_rank >= a.nnodes) {
-      throw shardcast::Error(
-          shardcast::ErrorCode::kInvalidArgument,
-          fmt::format("--node-rank {} is not in 0 .. {} (--nnodes {})", a.node_rank, a.nnodes - 1, a.nnodes));
-    }
-    if (a.standalone && a.nnodes != 1) {
-      throw shardcast::Error(shardcast::ErrorCode::kInvalidArgument, "--standalone runs one node: drop --nnodes");
-    }
     if (a.standalone) a.master_addr = "127.0.0.1";
     if (a.master_port == 0) a.master_port = a.nnodes == 1 ? free_port() : 29500;
     shardcast::SupervisorOptions options;

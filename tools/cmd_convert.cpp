@@ -3,6 +3,7 @@
 #include "coordinator/convert.h"
 #include "core/error.h"
 #include "core/size.h"
+#include "tools/cli_checks.h"
 #include "tools/commands.h"
 
 namespace shardcast::cli {
@@ -13,8 +14,10 @@ void add_convert(CLI::App& app) {
   cmd->add_option("SRC", src, "source checkpoint (safetensors or .bin)")->required();
   cmd->add_option("DST", dst, "new or empty output directory")->required();
   cmd->add_option("--max-shard-size", max_shard, "largest shard: bytes, or 200MB (10^6), 2GiB (2^30)")
+      ->check(size_at_least(1))
       ->capture_default_str();
-  cmd->add_option("--dtype", dtype, "cast floating tensors to bf16, f16, f32 or f64 (ints and bools keep theirs)");
+  cmd->add_option("--dtype", dtype, "cast floating tensors to bf16, f16, f32 or f64 (ints and bools keep theirs)")
+      ->check(dtype_name(false));
   cmd->callback([] {
     ConvertOptions options;
     options.max_shard_size = parse_size(max_shard);

@@ -3,6 +3,7 @@
 #include "coordinator/catalog.h"
 #include "coordinator/digest.h"
 #include "core/file.h"
+#include "tools/cli_checks.h"
 #include "tools/commands.h"
 
 namespace shardcast::cli {
@@ -13,7 +14,7 @@ void add_digest(CLI::App& app) {
   static std::string path;
   static std::string out;
   cmd->add_option("PATH", path, "checkpoint directory, index file, or .safetensors/.bin file")->required();
-  cmd->add_option("--out", out, "write the lines to this file instead of stdout");
+  cmd->add_option("--out", out, "write the lines to this file instead of stdout")->check(output_file());
   cmd->callback([] {
     std::string text;
     for (const std::string& line : digest_checkpoint(open_catalog(path))) text += line + "\n";

@@ -13,7 +13,8 @@ void add_gc(CLI::App& app) {
   static std::string shm_dir;
   static bool dry_run = false;
   cmd->add_option("--shm-dir", shm_dir,
-                  "segment directory used with load --shm-dir (default $SHARDCAST_SHM_DIR, else /dev/shm)");
+                  "segment directory used with load --shm-dir (default $SHARDCAST_SHM_DIR, else /dev/shm)")
+      ->check(CLI::ExistingDirectory);  // a mistyped directory would read as "0 orphans"
   cmd->add_flag("--dry-run", dry_run, "only list them");
   cmd->callback([] {
     if (shm_dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) shm_dir = std::getenv("SHARDCAST_SHM_DIR");

@@ -4,6 +4,7 @@
 #include "launch/communicator.h"
 #include "launch/launch_env.h"
 #include "shardcast/config.h"
+#include "tools/cli_checks.h"
 #include "tools/commands.h"
 #include "worker/gpu_info.h"
 #include "worker/session.h"
@@ -15,7 +16,9 @@ void add_info(CLI::App& app) {
   static bool join = false;
   static int timeout_s = 120;
   cmd->add_flag("--join", join, "join the job (every rank runs this) and print each rank's place in it");
-  cmd->add_option("--timeout", timeout_s, "seconds to wait for the other ranks")->capture_default_str();
+  cmd->add_option("--timeout", timeout_s, "seconds to wait for the other ranks")
+      ->check(whole_number_at_least(1))
+      ->capture_default_str();
   cmd->callback([] {
     if (join) {
       // One line per rank, whole, so that lines of concurrent ranks do not interleave.

@@ -1,6 +1,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -9,9 +10,12 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/digest.h"
+#include "coordinator/tensor_parallel.h"
 #include "coordinator/torch_dtype.h"
 #include "core/file.h"
 #include "core/size.h"
+#include "launch/launch_env.h"
+#include "tools/cli_checks.h"
 #include "tools/commands.h"
 #include "worker/session.h"
 
@@ -31,23 +35,26 @@ struct LoadArgs {
   std::vector<std::string> tp_rules;
 };
 
-// "2x256MiB": slots and bytes per slot.
-void parse_ring(const std::string& text, GpuOptions* gpu) {
-  const size_t x = text.find('x');
-  try {
-    if (x == std::string::npos) throw Error(ErrorCode::kInvalidArgument, "no 'x'");
-    gpu->ring_slots = std::stoi(text.substr(0, x));
-    gpu->ring_slot_bytes = parse_size(text.substr(x + 1));
-  } catch (const std::exception& e) {
-    throw Error(ErrorCode::kInvalidArgument,
-                fmt::format("--ring '{}' is not SLOTSxSIZE, e.g. 2x256MiB ({})", text, e.what()));
-  }
-}
-
 std::string expand(const std::string& pattern, int rank) {
   std::string out = pattern;
   for (size_t at; (at = out.find("{rank}")) != std::string::npos;) out.replace(at, 6, std::to_string(rank));
   return out;
+}
+
+// --digest-out / --report-out are checked while parsing, before the job is joined, so `{rank}` is this process's rank
+// as its launcher states it (the communicator is held to the same number); 0 alone or when the environment is
+// unusable, which Session::from_env then reports.
+CLI::Validator rank_output_file() {
+  return CLI::Validator(
+      [](std::string& pattern) {
+        int rank = 0;
+        try {
+          rank = std::max(detect_launch_env().rank, 0);
+        } catch (const Error&) {
+        }
+        return output_file_problem(expand(pattern, rank));
+      },
+      "FILE");
 }
 
 void write_text(const std::string& path, const std::string& text) {
@@ -92,7 +99,9 @@ void run_load(const LoadArgs& args) {
   options.timeout = std::chrono::seconds(args.timeout_s);
   options.parallel_read = !args.leader_reads_only;
   options.gpu = args.gpu;
-  parse_ring(args.ring, &options.gpu);
+  const RingShape ring = parse_ring(args.ring);
+  options.gpu.ring_slots = ring.slots;
+  options.gpu.ring_slot_bytes = ring.slot_bytes;
   options.tp.size = args.tp_size;
   for (const std::string& rule : args.tp_rules) options.tp.rules.push_back(parse_slice_rule(rule));
   // Progress on a terminal only (rank 0); quiet under a launcher or in logs.
@@ -179,24 +188,43 @@ void add_load(CLI::App& app) {
                   "broadcasts), scatter (as nccl; slices go to their rank alone)")
       ->check(CLI::IsMember({"auto", "h2d", "nccl", "scatter"}))
       ->capture_default_str();
-  cmd->add_option("--device", args.gpu.device, "cuda: device index (default: LOCAL_RANK)");
-  cmd->add_option("--ring", args.ring, "cuda: pinned node-shared ring, SLOTSxSIZE")->capture_default_str();
+  cmd->add_option("--device", args.gpu.device, "cuda: device index (default: LOCAL_RANK)")
+      ->check(whole_number_at_least(0));
+  cmd->add_option("--ring", args.ring, "cuda: pinned node-shared ring, SLOTSxSIZE")
+      ->check(ring_shape())
+      ->capture_default_str();
   cmd->add_flag("--device-stand-in", args.gpu.host_stand_in,
                 "cuda: host memory plays the GPU (runs the GPU path's logic on a machine without one)");
   cmd->add_option("--tp-size", args.tp_size, "tensor-parallel group size: rank r holds slice r % size")
-      ->check(CLI::PositiveNumber)
+      ->check(whole_number_at_least(1))
       ->capture_default_str();
   cmd->add_option("--tp-rule", args.tp_rules,
-                  "PATTERN:DIM: split matching tensors along DIM across the TP group (e.g. '*.q_proj.weight:0')");
+                  "PATTERN:DIM: split matching tensors along DIM across the TP group (e.g. '*.q_proj.weight:0')")
+      ->check(CLI::Validator(
+          [](std::string& rule) {
+            try {
+              parse_slice_rule(rule);
+            } catch (const Error& e) {
+              return std::string(e.what());
+            }
+            return std::string();
+          },
+          "PATTERN:DIM"));
   cmd->add_option("--dtype", args.dtype,
                   "auto keeps the checkpoint's; bf16, f16, f32, f64 convert floats once per node")
+      ->check(dtype_name(true))
       ->capture_default_str();
   cmd->add_option("--tensors", args.tensors, "load only these names (a trailing * matches a prefix)");
-  cmd->add_option("--shm-dir", args.shm_dir, "put segments in files in this directory instead of /dev/shm");
-  cmd->add_option("--timeout", args.timeout_s, "seconds each wait between ranks may take")->capture_default_str();
+  cmd->add_option("--shm-dir", args.shm_dir, "put segments in files in this directory instead of /dev/shm")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--timeout", args.timeout_s, "seconds each wait between ranks may take")
+      ->check(whole_number_at_least(1))
+      ->capture_default_str();
   cmd->add_flag("--leader-reads-only", args.leader_reads_only, "only the node leader reads from storage");
-  cmd->add_option("--digest-out", args.digest_out, "write this rank's digest lines here ({rank} = global rank)");
-  cmd->add_option("--report-out", args.report_out, "write this rank's JSON report here ({rank} = global rank)");
+  cmd->add_option("--digest-out", args.digest_out, "write this rank's digest lines here ({rank} = global rank)")
+      ->check(rank_output_file());
+  cmd->add_option("--report-out", args.report_out, "write this rank's JSON report here ({rank} = global rank)")
+      ->check(rank_output_file());
   cmd->callback([] { run_load(args); });
 }
 

@@ -3,6 +3,7 @@
 #include "coordinator/synth.h"
 #include "core/error.h"
 #include "core/size.h"
+#include "tools/cli_checks.h"
 #include "tools/commands.h"
 
 namespace shardcast::cli {
@@ -11,8 +12,9 @@ void add_synth(CLI::App& app) {
   auto* cmd = app.add_subcommand("synth", "Write a deterministic, transformer-shaped checkpoint of a given size");
   static std::string dir, size = "256MB", max_shard, format = "safetensors", dtypes = "all";
   cmd->add_option("DIR", dir, "new or empty output directory")->required();
-  cmd->add_option("--size", size, "total tensor bytes")->capture_default_str();
-  cmd->add_option("--max-shard-size", max_shard, "largest shard (default: a quarter of --size)");
+  cmd->add_option("--size", size, "total tensor bytes")->check(size_at_least(1))->capture_default_str();
+  cmd->add_option("--max-shard-size", max_shard, "largest shard (default: a quarter of --size)")
+      ->check(size_at_least(1));
   cmd->add_option("--format", format, "safetensors or bin")
       ->check(CLI::IsMember({"safetensors", "bin"}))
       ->capture_default_str();

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "shardcast/config.h"
+#include "tests/support/hub_cache.h"
 #include "tests/support/run_command.h"
 #include "tests/support/safetensors_bytes.h"
 #include "tests/support/temp_dir.h"
@@ -40,11 +41,124 @@ TEST(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run_cli({"synth", "/tmp/x", "--format", "onnx"}).exit_code, 2);
 }
 
-TEST(Cli, BadOptionValueExitsOneWithAClearMessage) {
+// A malformed option value is a usage error: exit 2 while parsing, before any work, with the option named.
+TEST(Cli, BadOptionValueExitsTwoNamingTheOption) {
   TempDir dir;
   CommandResult r = run_cli({"synth", (dir / "s").string(), "--size", "12XB"});
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_CONTAINS(r.err, "shardcast: error: size '12XB'");
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_CONTAINS(r.err, "--size: size '12XB'");
+  EXPECT_FALSE(fs::exists(dir / "s"));
+
+  const std::string ckpt = (dir / "ckpt").string();
+  ok({"synth", ckpt, "--size", "1MB", "--dtypes", "torch"});
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"load", ckpt, "--dtype", "f17"}, "--dtype: unknown dtype 'f17'"},
+      {{"load", ckpt, "--tp-size", "2", "--tp-rule", "*.weight"}, "--tp-rule: tensor-parallel rule '*.weight'"},
+      {{"load", ckpt, "--shm-dir", (dir / "nowhere").string()}, "--shm-dir: Directory does not exist"},
+      {{"gc", "--dry-run", "--shm-dir", (dir / "nowhere").string()}, "--shm-dir: Directory does not exist"},
+      {{"convert", ckpt, (dir / "out").string(), "--dtype", "f17"}, "--dtype: unknown dtype 'f17'"},
+  };
+  for (const auto& [args, message] : cases) {
+    r = run_cli(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << " " << args[2] << ": " << describe(r);
+    EXPECT_CONTAINS(r.err, message);
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+// Timeouts, counts, sizes and device indices are refused at once when not positive (or negative, for indices),
+// in a message that names the option and fits on a line: not a 300-digit range, not a timeout blamed on a healthy
+// rank later.
+TEST(Cli, NonPositiveTimeoutsCountsAndSizesExitTwoNamingTheOption) {
+  TempDir dir;
+  const std::string ckpt = (dir / "ckpt").string();
+  ok({"synth", ckpt, "--size", "1MB", "--dtypes", "torch"});
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"load", ckpt, "--timeout", "0"}, "--timeout: must be at least 1, not 0"},
+      {{"load", ckpt, "--timeout", "-5"}, "--timeout: must be at least 1, not -5"},
+      {{"load", ckpt, "--timeout", "1.5"}, "--timeout: '1.5' is not a whole number"},
+      {{"info", "--join", "--timeout", "0"}, "--timeout: must be at least 1, not 0"},
+      {{"load", ckpt, "--tp-size", "0"}, "--tp-size: must be at least 1, not 0"},
+      {{"load", ckpt, "--placement", "cuda", "--device-stand-in", "--device", "-3"}, "--device: must be at least 0"},
+      {{"load", ckpt, "--placement", "cuda", "--device-stand-in", "--ring", "0x1MB"},
+       "--ring: '0x1MB': the ring needs"},
+      {{"load", ckpt, "--placement", "cuda", "--device-stand-in", "--ring", "2x0"}, "--ring: '2x0': the ring needs"},
+      {{"convert", ckpt, (dir / "out").string(), "--max-shard-size", "0"}, "--max-shard-size: must be at least 1"},
+      {{"synth", (dir / "s").string(), "--size", "0"}, "--size: must be at least 1"},
+      {{"synth", (dir / "s").string(), "--max-shard-size", "0"}, "--max-shard-size: must be at least 1"},
+  };
+  for (const auto& [args, message] : cases) {
+    CommandResult r = run_cli(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << " " << args[2] << ": " << describe(r);
+    EXPECT_CONTAINS(r.err, message);
+    EXPECT_LT(r.err.find('\n'), 120u) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  EXPECT_FALSE(fs::exists(dir / "s"));
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+// An output file that cannot be written is found before the load (which may take minutes), naming option and path;
+// `{rank}` is expanded as the load will expand it.
+TEST(Cli, UnwritableOutputFilesExitTwoBeforeLoading) {
+  TempDir dir;
+  const std::string ckpt = (dir / "ckpt").string();
+  ok({"synth", ckpt, "--size", "1MB", "--dtypes", "torch"});
+  const std::string missing = (dir / "missing").string();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"load", ckpt, "--digest-out", missing + "/digest"}, "--digest-out: cannot write '" + missing + "/digest'"},
+      {{"load", ckpt, "--report-out", missing + "-{rank}/r.json"},
+       "--report-out: cannot write '" + missing + "-0/r.json'"},
+      {{"load", ckpt, "--report-out", ckpt}, "--report-out: '" + ckpt + "' is a directory"},
+      {{"digest", ckpt, "--out", missing + "/digest"}, "--out: cannot write '" + missing + "/digest'"},
+  };
+  for (const auto& [args, message] : cases) {
+    CommandResult r = run_cli(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << " " << args[2] << ": " << describe(r);
+    EXPECT_CONTAINS(r.err, message);
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  fs::create_directories(dir / "out-0");
+  ok({"load", ckpt, "--digest-out", (dir / "out-{rank}" / "digest").string()});
+  EXPECT_EQ(testing::read_file(dir / "out-0" / "digest"), ok({"digest", ckpt}).out);
+}
+
+// A snapshot of the Hugging Face hub cache (every file a symlink to ../../blobs/<sha256>) verifies and loads with the
+// digests of the plain checkpoint.
+TEST(Cli, HubCacheSnapshotVerifiesAndLoadsBitExact) {
+  TempDir dir;
+  const std::string ckpt = (dir / "ckpt").string();
+  ok({"synth", ckpt, "--size", "3MB", "--max-shard-size", "1MB", "--dtypes", "torch"});
+  const std::string expected = ok({"digest", ckpt}).out;
+  const std::string snapshot = testing::move_into_hub_cache(ckpt, dir / "hub", "models--org--name").string();
+  EXPECT_CONTAINS(ok({"verify", snapshot}).out, "ok: 4 shards");
+  ok({"load", snapshot, "--digest-out", (dir / "digest").string()});
+  EXPECT_EQ(testing::read_file(dir / "digest"), expected);
+}
+
+// `--` ends shardcast-run's options, as its own error message advises: a command that starts with '-' then runs.
+TEST(Cli, ShardcastRunTakesEverythingAfterDoubleDashAsTheCommand) {
+  TempDir dir;
+  testing::write_file(dir / "-greet", "#!/bin/sh\necho \"hello $*\"\n");
+  fs::permissions(dir / "-greet", fs::perms::owner_all);
+  const std::string path = "PATH=" + dir.path().string() + ":/usr/bin:/bin";
+  CommandResult r = run_command(
+      {"/usr/bin/env", path, SHARDCAST_RUN_PATH, "--nproc-per-node", "1", "--", "-greet", "a", "--b", "-n", "2"});
+  EXPECT_EQ(r.exit_code, 0) << describe(r);
+  EXPECT_EQ(r.out, "[rank0]: hello a --b -n 2\n");
+  r = run_command({"/usr/bin/env", path, SHARDCAST_RUN_PATH, "-n", "1", "-greet"});
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_CONTAINS(r.err, "unknown option '-greet' (see --help; put -- before a command that starts with -)");
+
+  r = run_command({SHARDCAST_RUN_PATH, "--nnodes", "2", "--node-rank", "2", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_CONTAINS(r.err, "--node-rank 2 is not in 0 .. 1");
+  r = run_command({SHARDCAST_RUN_PATH, "--node-rank", "-1", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_CONTAINS(r.err, "--node-rank: must be at least 0, not -1");
+  r = run_command({SHARDCAST_RUN_PATH, "--nproc-per-node", "0", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_CONTAINS(r.err, "--nproc-per-node: Value 0 not in range 1 to 1024");
 }
 
 TEST(Cli, VerifyAcceptsASoundCheckpoint) {
@@ -211,8 +325,8 @@ TEST(Cli, PlacementCudaWithoutAGpuSaysWhyAndTheStandInLoadsBitExact) {
   EXPECT_EQ(report["rank_bytes_to_device"], 4'000'000);
 
   r = run_cli({"load", ckpt, "--placement", "cuda", "--device-stand-in", "--ring", "2by1MB"});
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_CONTAINS(r.err, "--ring '2by1MB' is not SLOTSxSIZE");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_CONTAINS(r.err, "--ring: '2by1MB' is not SLOTSxSIZE");
 }
 
 // `info` names the communicators this build has; a build without MPI refuses a rank that mpirun started rather than

@@ -7,9 +7,11 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/catalog.h"
+#include "coordinator/digest.h"
 #include "coordinator/index.h"
 #include "coordinator/sharded_writer.h"
 #include "coordinator/synth.h"
+#include "tests/support/hub_cache.h"
 #include "tests/support/temp_dir.h"
 
 namespace shardcast {
@@ -108,6 +110,70 @@ TEST(Index, SymlinkInsideTheCheckpointIsAccepted) {
   fs::rename(dir / "ckpt" / "model-00003-of-00003.safetensors", dir / "ckpt" / "blobs" / "3");
   fs::create_symlink("blobs/3", dir / "ckpt" / "model-00003-of-00003.safetensors");
   EXPECT_EQ(open_catalog(dir / "ckpt").tensors.size(), 4u);
+}
+
+// The Hugging Face hub cache: every file of a snapshot is a symlink to ../../blobs/<sha256>, index included.
+TEST(Index, HubCacheSnapshotOfBlobSymlinksLoadsWithTheSameDigests) {
+  TempDir dir;
+  write_three_shards(dir / "plain");
+  write_three_shards(dir / "ckpt");
+  const fs::path snapshot = testing::move_into_hub_cache(dir / "ckpt", dir / "hub", "models--org--name");
+  ASSERT_TRUE(fs::is_symlink(snapshot / "model-00001-of-00003.safetensors"));
+  const std::vector<std::string> expected = digest_checkpoint(open_catalog(dir / "plain"));
+  EXPECT_EQ(digest_checkpoint(open_catalog(snapshot)), expected);
+  EXPECT_EQ(digest_checkpoint(open_catalog(snapshot / "model.safetensors.index.json")), expected);
+  EXPECT_TRUE(all_problems(snapshot).empty());
+}
+
+TEST(Index, HubCacheSingleFileSymlinkLoads) {
+  TempDir dir;
+  save_sharded({tensor("a", 4), tensor("b", 8)}, dir / "ckpt", {});
+  ASSERT_TRUE(fs::exists(dir / "ckpt" / "model.safetensors"));
+  const fs::path snapshot = testing::move_into_hub_cache(dir / "ckpt", dir / "hub", "models--org--name");
+  EXPECT_EQ(open_catalog(snapshot).tensors.size(), 2u);
+  EXPECT_EQ(open_catalog(snapshot / "model.safetensors").tensors.size(), 2u);
+}
+
+// The repository folder bounds the symlinks: not the blobs of another repository, and '..' in weight_map stays banned.
+TEST(Index, HubCacheSymlinkIntoAnotherRepositoryIsRejected) {
+  TempDir dir;
+  write_three_shards(dir / "ckpt");
+  const fs::path snapshot = testing::move_into_hub_cache(dir / "ckpt", dir / "hub", "models--org--name");
+  write_three_shards(dir / "other");
+  const fs::path other = testing::move_into_hub_cache(dir / "other", dir / "hub", "models--org--other");
+  const fs::path shard = "model-00003-of-00003.safetensors";
+  const fs::path blob = fs::read_symlink(other / shard).filename();
+  fs::remove(snapshot / shard);
+  fs::create_symlink(fs::path("../../../models--org--other/blobs") / blob, snapshot / shard);
+  const std::string problem = first_problem(snapshot);
+  EXPECT_CONTAINS(problem, "outside the checkpoint directory");
+  EXPECT_CONTAINS(problem,
+                  "Hugging Face cache repository '" + fs::canonical(dir / "hub" / "models--org--name").string());
+}
+
+TEST(Index, HubCacheStillRejectsDotDotInWeightMap) {
+  TempDir dir;
+  write_three_shards(dir / "ckpt");
+  const fs::path snapshot = testing::move_into_hub_cache(dir / "ckpt", dir / "hub", "models--org--name");
+  const fs::path blob = fs::read_symlink(snapshot / "model-00001-of-00003.safetensors");
+  fs::path index_file = fs::canonical(snapshot / "model.safetensors.index.json");
+  auto index = nlohmann::json::parse(testing::read_file(index_file));
+  index["weight_map"]["a"] = blob.string();  // "../../blobs/<sha256>"
+  fs::remove(snapshot / "model.safetensors.index.json");
+  write_index(snapshot, index);
+  EXPECT_CONTAINS(first_problem(snapshot), "contains '..'");
+}
+
+// Only a real cache repository widens the bound: a folder merely named models--* without blobs/ does not.
+TEST(Index, FolderNamedLikeAHubRepositoryWithoutBlobsIsNoCache) {
+  TempDir dir;
+  const fs::path repo = dir / "models--org--name";
+  write_three_shards(repo / "snapshots" / "main");
+  fs::create_directories(repo / "elsewhere");
+  const fs::path shard = repo / "snapshots" / "main" / "model-00003-of-00003.safetensors";
+  fs::rename(shard, repo / "elsewhere" / "3");
+  fs::create_symlink("../../elsewhere/3", shard);
+  EXPECT_CONTAINS(first_problem(repo / "snapshots" / "main"), "outside the checkpoint directory");
 }
 
 TEST(Index, MissingShardFileIsNamed) {

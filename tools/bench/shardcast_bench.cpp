@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -26,6 +25,7 @@
 #include "tools/bench/header_bench.h"
 #include "tools/bench/node_memory.h"
 #include "tools/bench/svg_chart.h"
+#include "tools/cli_checks.h"
 
 namespace fs = std::filesystem;
 using namespace shardcast;
@@ -425,23 +425,20 @@ int run_nodes(const NodesArgs& args) {
   return 0;
 }
 
-// Counts as CLI11 validates them: a whole number of at least one, with the offending text in the message.
-std::string at_least_one(const std::string& text) {
-  int value = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size()) return fmt::format("'{}' is not a whole number", text);
-  if (value < 1) return fmt::format("{} is not a count: it must be 1 or more", text);
-  return {};
+// --out PREFIX: the .json written at the end, after every run, must be writable now.
+CLI::Validator output_prefix() {
+  return CLI::Validator([](std::string& prefix) { return cli::output_file_problem(prefix + ".json"); }, "PREFIX");
 }
 
 CLI::App* add_nodes(CLI::App& app, NodesArgs& args) {
   auto* cmd = app.add_subcommand(
       "nodes", "Storage bytes read by the whole job on K virtual nodes: shardcast against the per-rank readers");
-  const CLI::Validator count(at_least_one, "COUNT>=1");
+  const CLI::Validator count = cli::whole_number_at_least(1);
   auto* checkpoint =
       cmd->add_option("--checkpoint", args.checkpoint, "safetensors checkpoint (directory, index or file)")
           ->check(CLI::ExistingPath);
   cmd->add_option("--size", args.size, "size of the synthesized checkpoint (without --checkpoint)")
+      ->check(cli::size_at_least(1))
       ->capture_default_str()
       ->excludes(checkpoint);
   cmd->add_option("--nodes", args.nodes, "virtual node counts K to try, each a job of K x --ranks-per-node ranks")
@@ -455,7 +452,9 @@ CLI::App* add_nodes(CLI::App& app, NodesArgs& args) {
       ->delimiter(',')
       ->check(CLI::IsMember({"naive", "mmap", "shardcast"}))
       ->capture_default_str();
-  cmd->add_option("--out", args.out, "prefix of the .json and .md written")->capture_default_str();
+  cmd->add_option("--out", args.out, "prefix of the .json and .md written")
+      ->check(output_prefix())
+      ->capture_default_str();
   cmd->add_flag("--warm", args.warm, "keep the page cache between runs (default: drop it, as root)");
   return cmd;
 }
@@ -536,12 +535,19 @@ int main(int argc, char** argv) {
   std::vector<std::string> methods{"naive", "mmap", "shared", "private"};
   bool warm = false;
   run->add_option("--checkpoint", checkpoint, "safetensors checkpoint (default: synthesize one of --size)");
-  run->add_option("--size", size, "size of the synthesized checkpoint")->capture_default_str();
-  run->add_option("--ranks", ranks, "ranks per node to try")->delimiter(',')->capture_default_str();
+  run->add_option("--size", size, "size of the synthesized checkpoint")
+      ->check(cli::size_at_least(1))
+      ->capture_default_str();
+  run->add_option("--ranks", ranks, "ranks per node to try")
+      ->delimiter(',')
+      ->check(cli::whole_number_at_least(1))
+      ->capture_default_str();
   run->add_option("--methods", methods, "naive, mmap, shared, private, shared-leader")
       ->delimiter(',')
       ->capture_default_str();
-  run->add_option("--out", out, "prefix of the .json, .md and .svg written")->capture_default_str();
+  run->add_option("--out", out, "prefix of the .json, .md and .svg written")
+      ->check(output_prefix())
+      ->capture_default_str();
   run->add_flag("--warm", warm,
                 "keep the page cache between runs (default: drop it, as root, so each run reads storage)");
 
@@ -567,15 +573,24 @@ int main(int argc, char** argv) {
   std::string demo_checkpoint;
   int demo_ranks = 4;
   demo->add_option("CHECKPOINT", demo_checkpoint)->required();
-  demo->add_option("--ranks", demo_ranks)->capture_default_str();
+  demo->add_option("--ranks", demo_ranks)->check(cli::whole_number_at_least(1))->capture_default_str();
 
   auto* gpu = app.add_subcommand("gpu", "Placement cuda on this machine's GPU against its pinned H2D ceiling");
   GpuBenchArgs gpu_args;
   gpu->add_option("--checkpoint", gpu_args.checkpoint, "safetensors checkpoint (default: synthesize one of --size)");
-  gpu->add_option("--size", gpu_args.size, "size of the synthesized checkpoint")->capture_default_str();
-  gpu->add_option("--rings", gpu_args.rings, "rings to try, SLOTSxSIZE")->delimiter(',')->capture_default_str();
-  gpu->add_option("--device", gpu_args.device, "CUDA device index")->capture_default_str();
-  gpu->add_option("--out", gpu_args.out, "prefix of the .json and .md written")->capture_default_str();
+  gpu->add_option("--size", gpu_args.size, "size of the synthesized checkpoint")
+      ->check(cli::size_at_least(1))
+      ->capture_default_str();
+  gpu->add_option("--rings", gpu_args.rings, "rings to try, SLOTSxSIZE")
+      ->delimiter(',')
+      ->check(cli::ring_shape())
+      ->capture_default_str();
+  gpu->add_option("--device", gpu_args.device, "CUDA device index")
+      ->check(cli::whole_number_at_least(0))
+      ->capture_default_str();
+  gpu->add_option("--out", gpu_args.out, "prefix of the .json and .md written")
+      ->check(output_prefix())
+      ->capture_default_str();
 
   auto* headers = app.add_subcommand("headers", "Time parsing a safetensors header and an index of N tensors");
   HeaderBenchArgs header_args;
@@ -603,11 +618,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*rank) {
-      double seconds = method == "naive" ? load_naive(rank_checkpoint) : load_mmap(rank_checkpoint);
       const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
       std::string path = report;
       auto at = path.find("{rank}");
       if (at != std::string::npos) path.replace(at, 6, r ? r : "0");
+      const std::string problem = cli::output_file_problem(path);
+      if (!problem.empty()) throw Error(ErrorCode::kInvalidArgument, "--report-out: " + problem);
+      double seconds = method == "naive" ? load_naive(rank_checkpoint) : load_mmap(rank_checkpoint);
       // The same counter and key as `shardcast load --report-out`, so `nodes` sums both kinds of report alike.
       std::ofstream(path) << nlohmann::json{{"seconds", seconds}, {"rank_bytes_read", checkpoint_bytes_read()}}.dump()
                           << "\n";
