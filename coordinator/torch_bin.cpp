@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 #include <tuple>
 
 #include <ATen/ATen.h>
@@ -17,6 +18,7 @@
 
 #include "coordinator/pickle_compat.h"
 #include "coordinator/torch_dtype.h"
+#include "coordinator/zip_directory.h"
 #include "core/error.h"
 #include "core/file.h"
 #include "core/io_stats.h"
@@ -120,6 +122,20 @@ void check_view_fits(const std::filesystem::path& path, const std::string& name,
 
 std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data) {
   const uint64_t file_size = check_zip_magic(path);
+  const std::map<std::string, ZipRecord> directory = read_zip_directory(File::open_read(path));
+  // LibTorch's reader skips the CRC-32 of each record: a flipped byte would load as a different value.
+  std::set<std::string> checked;
+  auto check_crc = [&](const std::string& name, const void* data, size_t size) {
+    auto it = directory.find(name);
+    if (it == directory.end()) corrupt(path, fmt::format("record '{}' is missing from the zip's directory", name));
+    const uint32_t crc = crc32_of(data, size);
+    if (it->second.size != size || crc != it->second.crc32) {
+      corrupt(path, fmt::format("record '{}' fails its CRC-32 check (the directory says {:08x} over {} bytes; the "
+                                "record gives {:08x} over {}): the archive is damaged",
+                                name, it->second.crc32, it->second.size, crc, size));
+    }
+    checked.insert(name);
+  };
   c10::IValue root;
   // The unpickler sizes a storage from the element count in the pickle, not from its record: remember each record's
   // size so a storage that claims more than its record holds is refused, not read past its end.
@@ -130,6 +146,7 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
     // Without data only the zip directory and the pickle are read; storages become empty placeholders.
     count_checkpoint_read(with_data ? file_size : 0);
     auto [pickle_data, pickle_size] = reader.getRecord("data.pkl");
+    check_crc("data.pkl", pickle_data.get(), pickle_size);
     const std::string pickle =
         make_pickle_loadable_by_libtorch(std::string_view(static_cast<const char*>(pickle_data.get()), pickle_size));
     size_t position = 0;
@@ -142,6 +159,7 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
     auto read_record = [&](const std::string& name) {
       if (!with_data) return at::DataPtr(nullptr, at::Device(at::kCPU));
       auto [data, size] = reader.getRecord("data/" + name);
+      check_crc("data/" + name, data.get(), size);
       record_bytes[data.get()] = size;
       return std::move(data);
     };
@@ -153,6 +171,16 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
     unpickler.set_version(reader.version());
     root = unpickler.parse_ivalue();
     if (!with_data) count_checkpoint_read(pickle_size);
+    if (with_data) {
+      // Every other record too (version, byteorder, storages no tensor names), so a verified file is sound throughout.
+      for (const std::string& name : reader.getAllRecords()) {
+        if (checked.count(name)) continue;
+        auto [data, size] = reader.getRecord(name);
+        check_crc(name, data.get(), size);
+      }
+    }
+  } catch (const Error&) {
+    throw;
   } catch (const c10::Error& e) {
     corrupt(path, fmt::format("cannot decode the torch.save archive: {}", e.what_without_backtrace()));
   } catch (const std::exception& e) {

@@ -328,7 +328,67 @@ TEST(TorchBin, ComplexTensorIsRefusedNamingTheTensorAndItsDtype) {
 }
 
 TEST(TorchBin, TruncatedFileIsCorruptCheckpointNamingTheFile) {
-  expect_every_reader_fails("truncated", ErrorCode::kCorruptCheckpoint, {"cannot decode the torch.save archive"});
+  expect_every_reader_fails("truncated", ErrorCode::kCorruptCheckpoint,
+                            {"zip archive: no end-of-central-directory record"});
+}
+
+// Where in an archive's bytes the zip structure `signature` ("PK\1\2" directory entry, "PK\3\4" local header) of the
+// record whose name ends with `suffix` begins.
+size_t u16_at(const std::string& bytes, size_t at) {
+  return static_cast<uint8_t>(bytes[at]) | static_cast<uint8_t>(bytes[at + 1]) << 8;
+}
+
+size_t zip_structure(const std::string& bytes, const std::string& signature, const std::string& suffix) {
+  const size_t name_at = signature == "PK\x03\x04" ? 30 : 46, length_at = signature == "PK\x03\x04" ? 26 : 28;
+  for (size_t at = bytes.find(signature); at != std::string::npos; at = bytes.find(signature, at + 1)) {
+    const std::string name = bytes.substr(at + name_at, u16_at(bytes, at + length_at));
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return at;
+  }
+  ADD_FAILURE() << "no " << suffix;
+  return 0;
+}
+
+// LibTorch's reader skips each record's CRC-32 and would inflate a deflated record: a flipped byte loaded as another
+// value, and a tiny file could inflate to gigabytes (issue 13).
+TEST(TorchBin, DamagedZipRecordsAreRefusedNotLoaded) {
+  TempDir dir;
+  const std::string sound = testing::read_file(bin_of("single"));
+  auto expect_refused = [&](std::string bytes, const std::string& needle, bool metadata_too) {
+    const fs::path file = dir / "damaged.bin";
+    fs::remove(file);
+    testing::write_file(file, bytes);
+    EXPECT_TRUE(fails_with([&] { read_torch_bin(file); }, ErrorCode::kCorruptCheckpoint, {file.string(), needle}));
+    if (metadata_too) {
+      EXPECT_TRUE(
+          fails_with([&] { read_torch_bin_metadata(file); }, ErrorCode::kCorruptCheckpoint, {file.string(), needle}));
+    }
+    EXPECT_FALSE(verify_checkpoint(file).problems.empty()) << needle;
+  };
+  {
+    std::string flipped = sound;
+    const size_t header = zip_structure(sound, "PK\x03\x04", "/data/0");
+    const size_t data = header + 30 + u16_at(sound, header + 26) + u16_at(sound, header + 28);
+    flipped[data + 5] ^= 0x10;  // one bit of one float
+    expect_refused(flipped, "record 'data/0' fails its CRC-32 check", false);
+  }
+  {
+    std::string wrong_crc = sound;
+    wrong_crc[zip_structure(sound, "PK\x01\x02", "/data.pkl") + 16] ^= 1;
+    expect_refused(wrong_crc, "record 'data.pkl' fails its CRC-32 check", true);
+  }
+  {
+    std::string deflated = sound;
+    deflated[zip_structure(sound, "PK\x01\x02", "/data/0") + 10] = 8;  // stored bytes relabelled as deflate
+    expect_refused(deflated, "is compressed (method 8", true);
+  }
+  {
+    std::string at_zero = sound;  // the directory's offset, in the end record and in the zip64 end record
+    const size_t end = at_zero.rfind("PK\x05\x06"), zip64 = at_zero.rfind("PK\x06\x06");
+    std::fill_n(at_zero.begin() + end + 16, 4, '\0');
+    if (zip64 != std::string::npos) std::fill_n(at_zero.begin() + zip64 + 48, 8, '\0');
+    expect_refused(at_zero, "central directory entry 0 at byte 0 is damaged", true);
+  }
 }
 
 TEST(TorchBin, RandomCorruptionIsAnErrorNeverACrash) {

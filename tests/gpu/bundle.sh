@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bundle=.gpu-bundle
 # Header-only or static where Debian allows, plus the two shared libraries the build links (fmt, libcrypto).
-packages=(nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libboost-dev libssl-dev)
+packages=(nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libboost-dev libssl-dev zlib1g-dev)
 
 # The versioned packages behind the unversioned names (libboost-dev -> libboost1.74-dev; libfmt-dev -> libfmt9, ...):
 # `dpkg -x` installs no dependencies, so the bundle names each one.
@@ -16,7 +16,7 @@ resolve() {
   for p in "$@"; do
     [ "$p" = libboost-dev ] || echo "$p"  # an empty metapackage: only its dependency matters
     apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances "$p" |
-      awk '/Depends:/ {print $2}' | grep -E '^(libboost[0-9.]+-dev|libfmt[0-9]+|libssl[0-9]+)$' || true
+      awk '/Depends:/ {print $2}' | grep -E '^(libboost[0-9.]+-dev|libfmt[0-9]+|libssl[0-9]+|zlib1g)$' || true
   done | sort -u
 }
 

@@ -596,13 +596,16 @@ int main(int argc, char** argv) {
   HeaderBenchArgs header_args;
   headers->add_option("--tensors", header_args.tensors, "tensor counts to try")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber)
+      ->check(cli::whole_number_at_least(1))
       ->capture_default_str();
   headers
       ->add_option("--before-up-to", header_args.before_up_to,
                    "also time the parser used before issue 13 up to this many tensors (it is quadratic)")
+      ->check(cli::whole_number_at_least(0))
       ->capture_default_str();
-  headers->add_option("--out", header_args.out, "prefix of the .json and .md written")->capture_default_str();
+  headers->add_option("--out", header_args.out, "prefix of the .json and .md written")
+      ->check(output_prefix())
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
