@@ -14,6 +14,7 @@ using nlohmann::json;
 
 // Checkpoint JSON is two or three levels deep; deeper input is refused before anything recurses over it.
 constexpr size_t kMaxDepth = 16;
+constexpr size_t kMaxMessage = 300;
 
 // Builds the document from nlohmann's SAX events, refusing a duplicate key or a 17th level of nesting the moment it
 // arrives. Each value is placed once, so parsing is linear in the text: a header of 200,000 tensors is one pass
@@ -45,8 +46,11 @@ class StrictBuilder : public nlohmann::json_sax<json> {
   }
 
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
-    // Syntax errors, and numbers past a double's range (1e400, a million digits): never an "internal error".
-    fail(fmt::format("is not valid JSON: {}", e.what()));
+    // Syntax errors, and numbers past a double's range (1e400, a million digits): never an "internal error". The
+    // message quotes the offending token, which may be a million characters long.
+    std::string what = e.what();
+    if (what.size() > kMaxMessage) what = what.substr(0, kMaxMessage) + "...";
+    fail(fmt::format("is not valid JSON: {}", what));
   }
 
  private:

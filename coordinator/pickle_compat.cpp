@@ -14,14 +14,26 @@
 namespace shardcast {
 namespace {
 
-// A value on the unpickler's stack: where in the stream its construction began (a MARK put in front of it lands
-// there), how deeply it nests, and what the OrderedDict rewrite needs to know about it.
-struct Value {
-  size_t start;
+// What the scanner knows of one object. Shared by every reference to it (the stack and the memo hold its id), so a
+// container filled after a BINGET of it is the same container.
+struct Object {
   uint32_t depth = 1;
+  bool sealed = false;              // inside another value: torch.save never changes it after that
   bool dict = false;                // a dict (EMPTY_DICT, DICT, OrderedDict()): the only state BUILD may apply
   bool ordered_dict_class = false;  // the global collections.OrderedDict
   bool ordered_dict = false;        // a dict built by calling it
+  bool restore_type_tag = false;    // the global torch.jit._pickle.restore_type_tag
+  bool storage_class = false;       // a global torch.<Type>Storage
+  bool dict_type_string = false;    // the string "Dict[str, Tensor]"
+  bool restore_arguments = false;   // a pair (value, "Dict[str, Tensor]")
+  bool persistent_id = false;       // a 5-tuple whose second item is a storage class: what BINPERSID may read
+};
+
+// A reference on the unpickler's stack: the object, and where in the stream its construction began (a MARK put in
+// front of it lands there).
+struct Value {
+  size_t start;
+  size_t object;
 };
 
 // LibTorch's unpickler keeps marks apart from the stack, as stack sizes.
@@ -41,8 +53,16 @@ struct Edit {
 // A state dict nests a handful of levels (dict -> rebuild call -> argument tuple -> size tuple). Deeper streams are
 // refused: LibTorch builds and frees nested values recursively and would overflow its stack.
 constexpr uint32_t kMaxDepth = 32;
-// Strings become types through restore_type_tag ("Dict[str, Tensor]"), parsed recursively by LibTorch.
-constexpr int kMaxTypeNesting = 16;
+// The globals a torch.save state dict uses, and so all LibTorch is given: each other global LibTorch knows has its own
+// assumptions about the stack (restore_type_tag parses any type string recursively; _rebuild_from_type_v2 calls a
+// global that may not exist).
+constexpr std::string_view kRebuildTensor = "torch._utils\n_rebuild_tensor_v2\n";
+constexpr std::string_view kStorageClasses[] = {
+    "torch\nFloatStorage\n", "torch\nDoubleStorage\n", "torch\nHalfStorage\n",         "torch\nBFloat16Storage\n",
+    "torch\nLongStorage\n",  "torch\nIntStorage\n",    "torch\nShortStorage\n",        "torch\nCharStorage\n",
+    "torch\nByteStorage\n",  "torch\nBoolStorage\n",   "torch\nComplexFloatStorage\n", "torch\nComplexDoubleStorage\n",
+};
+constexpr std::string_view kDictType = "Dict[str, Tensor]";
 
 constexpr std::string_view kOrderedDict = "collections\nOrderedDict\n";
 // LibTorch's restore_type_tag(obj, type) returns obj: calling it with ({}, "Dict[str, Tensor]") yields a dict.
@@ -51,8 +71,9 @@ const std::string kDictArguments = std::string("}X\x11\x00\x00\x00", 6) + "Dict[
 
 // Follows the stream exactly as LibTorch's Unpickler::readInstruction does, opcode for opcode, with every check that
 // unpickler omits: no pop below the innermost mark (Python's rule, which torch.save's streams keep), marks and memo
-// entries that exist, even key/value runs, bounded nesting and memo. Only LibTorch's opcodes pass; anything that
-// passes cannot take LibTorch's stack or memo out of bounds.
+// entries that exist, even key/value runs, bounded nesting and memo, no change to a value once it is inside another,
+// only the globals of a state dict, and storage ids whose dtype is a storage class. Only LibTorch's opcodes pass;
+// anything that passes cannot take LibTorch's stack, memo or dtype table out of bounds, or recurse without bound.
 class Scanner {
  public:
   explicit Scanner(std::string_view p) : p_(p) {}
@@ -79,7 +100,7 @@ class Scanner {
         case ']': push(at); break;                               // EMPTY_LIST
         case '}':                                                // EMPTY_DICT
           push(at);
-          stack_.back().dict = true;
+          object().dict = true;
           break;
         case 'K':  // BININT1
           if (!skip(1)) return false;
@@ -103,32 +124,38 @@ class Scanner {
           break;
         case 'X': {  // BINUNICODE
           if (!skip_length(4)) return false;
-          if (nesting(p_.substr(at + 5, pos_ - at - 5)) > kMaxTypeNesting) {
-            return fail(
-                fmt::format("a string nests brackets deeper than {} levels (a type string LibTorch would "
-                            "parse recursively)",
-                            kMaxTypeNesting));
-          }
           push(at);
+          object().dict_type_string = p_.substr(at + 5, pos_ - at - 5) == kDictType;
           break;
         }
         case 'c': {  // GLOBAL
           const size_t name = pos_;
           if (!skip_line() || !skip_line()) return false;
+          const std::string_view global = p_.substr(name, pos_ - name);
           push(at);
-          if (p_.substr(name, pos_ - name) == kOrderedDict) {
-            stack_.back().ordered_dict_class = true;
+          if (global == kOrderedDict) {
+            object().ordered_dict_class = true;
             edits.push_back({name, 0, kOrderedDict.size(), std::string(kRestoreTypeTag)});
+          } else if (global == kRestoreTypeTag) {
+            object().restore_type_tag = true;
+          } else if (std::find(std::begin(kStorageClasses), std::end(kStorageClasses), global) !=
+                     std::end(kStorageClasses)) {
+            object().storage_class = true;
+          } else if (global != kRebuildTensor) {
+            std::string shown(global);
+            std::replace(shown.begin(), shown.end(), '\n', ' ');
+            return fail(
+                fmt::format("the global '{}' at byte {} is not one torch.save writes for a state dict", shown, at));
           }
           break;
         }
         case 'q':  // BINPUT
           if (!skip(1)) return false;
-          if (!memoize(argument(1))) return false;
+          if (!memoize(at, argument(1))) return false;
           break;
         case 'r':  // LONG_BINPUT
           if (!skip(4)) return false;
-          if (!memoize(argument(4))) return false;
+          if (!memoize(at, argument(4))) return false;
           break;
         case 'h':  // BINGET
           if (!skip(1)) return false;
@@ -160,7 +187,11 @@ class Scanner {
         case 0x87:  // TUPLE3
           if (!combine(at, 3)) return false;
           break;
-        case 'Q':  // BINPERSID: a storage from its (tuple) id
+        case 'Q':  // BINPERSID: a storage from its id ("storage", torch.<Type>Storage, key, location, numel)
+          // LibTorch casts the id's second item to a dtype unchecked: only a storage class may be there.
+          if (available() >= 1 && !objects_[stack_.back().object].persistent_id) {
+            return fail(fmt::format("the persistent id at byte {} is not a storage id of torch.save", at));
+          }
           if (!combine(at, 1)) return false;
           break;
         case 0x81:  // NEWOBJ: LibTorch pops the argument tuple and leaves the class for BUILD
@@ -168,26 +199,30 @@ class Scanner {
           break;
         case 'R': {  // REDUCE: callable args -> result
           if (available() < 2) return fail_underflow(at, 2);
-          const Value callable = stack_[stack_.size() - 2];
-          const Value args = stack_.back();
+          const Value args_value = stack_.back();
+          const Object callable = objects_[stack_[stack_.size() - 2].object], args = objects_[args_value.object];
+          if (callable.restore_type_tag && !args.restore_arguments) {
+            return fail(fmt::format("restore_type_tag at byte {} is called with another type than {}", at, kDictType));
+          }
           if (callable.ordered_dict_class) {
             // OrderedDict() -> restore_type_tag({}, "Dict[str, Tensor]"); torch.save only writes OrderedDict().
-            if (args.start + 1 != at || p_[args.start] != ')') {
+            if (args_value.start + 1 != at || p_[args_value.start] != ')') {
               return fail("collections.OrderedDict is called with arguments; torch.save writes OrderedDict()");
             }
-            edits.push_back({args.start, 0, 1, kDictArguments});
+            edits.push_back({args_value.start, 0, 1, kDictArguments});
           }
           if (!combine(at, 2)) return false;
-          stack_.back().ordered_dict = stack_.back().dict = callable.ordered_dict_class;
+          object().ordered_dict = callable.ordered_dict_class;
+          object().dict = callable.ordered_dict_class || callable.restore_type_tag;
           break;
         }
         case 'b': {  // BUILD: state applied to the object below
           if (available() < 2) return fail_underflow(at, 2);
           const Value state = stack_.back();
-          Value& object = stack_[stack_.size() - 2];
-          if (object.ordered_dict) {
+          const Value object = stack_[stack_.size() - 2];
+          if (objects_[object.object].ordered_dict) {
             // An OrderedDict's state is its attribute dict ({"_metadata": ...}); anything else is not torch.save's.
-            if (!state.dict) return fail("BUILD gives the state dict a state that is not a dict");
+            if (!objects_[state.object].dict) return fail("BUILD gives the state dict a state that is not a dict");
             // dict state BUILD -> dict MARK kPickleStateKey state SETITEMS
             const std::string key(kPickleStateKey);
             std::string insert = "(X";
@@ -195,14 +230,14 @@ class Scanner {
             edits.push_back({state.start, 1, 0, insert + key});
             edits.push_back({at, 2, 1, "u"});
           }
-          if (!nest(object, state)) return false;
+          if (!nest(at, object, state)) return false;
           stack_.pop_back();
           break;
         }
         case 's': {  // SETITEM: dict key value -> dict
           if (available() < 3) return fail_underflow(at, 3);
-          Value& dict = stack_[stack_.size() - 3];
-          if (!nest(dict, stack_[stack_.size() - 2]) || !nest(dict, stack_.back())) return false;
+          const Value dict = stack_[stack_.size() - 3];
+          if (!nest(at, dict, stack_[stack_.size() - 2]) || !nest(at, dict, stack_.back())) return false;
           edits.push_back({stack_[stack_.size() - 2].start, 1, 0, "("});
           edits.push_back({at, 2, 1, "u"});
           stack_.resize(stack_.size() - 2);
@@ -231,25 +266,38 @@ class Scanner {
   }
   // Values above the innermost mark: what an opcode may pop.
   size_t available() const { return stack_.size() - (marks_.empty() ? 0 : marks_.back().stack_size); }
-  void push(size_t at) { stack_.push_back({at}); }
+  void push(size_t at) {
+    stack_.push_back({at, objects_.size()});
+    objects_.emplace_back();
+  }
+  Object& object() { return objects_[stack_.back().object]; }
   bool pop(size_t at, size_t n) {
     if (available() < n) return fail_underflow(at, n);
     stack_.resize(stack_.size() - n);
     return true;
   }
-  // Makes `outer` contain `inner`, refusing nesting past kMaxDepth.
-  bool nest(Value& outer, const Value& inner) {
-    outer.depth = std::max(outer.depth, inner.depth + 1);
-    return outer.depth <= kMaxDepth || fail(fmt::format("values nest deeper than {} levels", kMaxDepth));
+  // Makes `outer` contain `inner`, refusing nesting past kMaxDepth. A container already inside another value is never
+  // changed by torch.save: refusing that keeps every depth final once counted (and rules out cycles).
+  bool nest(size_t at, const Value& outer, const Value& inner) {
+    Object& o = objects_[outer.object];
+    Object& i = objects_[inner.object];
+    if (o.sealed) return fail(fmt::format("the opcode at byte {} changes a value already inside another", at));
+    i.sealed = true;
+    o.depth = std::max(o.depth, i.depth + 1);
+    return o.depth <= kMaxDepth || fail(fmt::format("values nest deeper than {} levels", kMaxDepth));
   }
   // Pops n values and pushes one that holds them, starting where the first of them did.
   bool combine(size_t at, size_t n) {
     if (available() < n) return fail_underflow(at, n);
-    Value built{n ? stack_[stack_.size() - n].start : at};
-    for (size_t i = stack_.size() - n; i < stack_.size(); ++i) {
-      if (!nest(built, stack_[i])) return false;
+    const size_t first = stack_.size() - n;
+    const Value built{n ? stack_[first].start : at, objects_.size()};
+    objects_.emplace_back();
+    // A pair (value, "Dict[str, Tensor]") may go to restore_type_tag.
+    objects_[built.object].restore_arguments = n == 2 && objects_[stack_[first + 1].object].dict_type_string;
+    for (size_t i = first; i < stack_.size(); ++i) {
+      if (!nest(at, built, stack_[i])) return false;
     }
-    stack_.resize(stack_.size() - n);
+    stack_.resize(first);
     stack_.push_back(built);
     return true;
   }
@@ -260,10 +308,13 @@ class Scanner {
     if ((stack_.size() - mark.stack_size) % group != 0) {
       return fail(fmt::format("the dict at byte {} has a key without a value", at));
     }
-    Value built{mark.position};
-    built.dict = dict;
+    const Value built{mark.position, objects_.size()};
+    objects_.emplace_back();
+    objects_[built.object].dict = dict;
+    objects_[built.object].persistent_id =
+        !dict && stack_.size() - mark.stack_size == 5 && objects_[stack_[mark.stack_size + 1].object].storage_class;
     for (size_t i = mark.stack_size; i < stack_.size(); ++i) {
-      if (!nest(built, stack_[i])) return false;
+      if (!nest(at, built, stack_[i])) return false;
     }
     marks_.pop_back();
     stack_.resize(mark.stack_size);
@@ -282,17 +333,17 @@ class Scanner {
     if ((stack_.size() - mark.stack_size) % group != 0) {
       return fail(fmt::format("the SETITEMS at byte {} has a key without a value", at));
     }
-    Value& container = stack_[mark.stack_size - 1];
+    const Value container = stack_[mark.stack_size - 1];
     for (size_t i = mark.stack_size; i < stack_.size(); ++i) {
-      if (!nest(container, stack_[i])) return false;
+      if (!nest(at, container, stack_[i])) return false;
     }
     stack_.resize(mark.stack_size);
     return true;
   }
   // Python's pickler numbers memo entries 0, 1, 2, ...: an id past the next one would make LibTorch grow its memo to
   // that size (4 billion entries for one LONG_BINPUT).
-  bool memoize(uint64_t id) {
-    if (available() < 1) return fail_underflow(pos_ - 1, 1);
+  bool memoize(size_t at, uint64_t id) {
+    if (available() < 1) return fail_underflow(at, 1);
     if (id > memo_.size()) {
       return fail(fmt::format("memo id {} skips ahead of the {} entries so far", id, memo_.size()));
     }
@@ -314,14 +365,6 @@ class Scanner {
     for (size_t i = 0; i < width; ++i)
       n |= static_cast<uint64_t>(static_cast<unsigned char>(p_[pos_ - width + i])) << (8 * i);
     return n;
-  }
-  static int nesting(std::string_view text) {
-    int depth = 0, deepest = 0;
-    for (char c : text) {
-      if (c == '[' || c == '(') deepest = std::max(deepest, ++depth);
-      if ((c == ']' || c == ')') && depth > 0) --depth;
-    }
-    return deepest;
   }
   bool truncated() { return fail("it ends inside an opcode's argument"); }
   bool skip(size_t n) {
@@ -348,6 +391,7 @@ class Scanner {
   std::vector<Value> stack_;
   std::vector<Mark> marks_;
   std::vector<Value> memo_;
+  std::vector<Object> objects_;  // by id, one per value ever pushed: bounded by the stream's length
 };
 
 }  // namespace

@@ -16,8 +16,9 @@ namespace shardcast {
 // The key under which a dict's BUILD state (an OrderedDict's _metadata) ends up; no real tensor name starts with \x01.
 inline constexpr char kPickleStateKey[] = "\x01shardcast-build-state";
 
-// The rewritten pickle. A stream that would underflow the unpickler's stack (which LibTorch does not check), lacks a
-// MARK or STOP, or uses an opcode torch.save never writes is refused with kCorruptCheckpoint.
+// The rewritten pickle. A stream LibTorch's unpickler could crash on (it checks little: its stack, marks, memo, the
+// dtype of a storage id, the depth it recurses to), or that uses an opcode or global a torch.save state dict never
+// does, is refused with kCorruptCheckpoint naming the byte offset (docs/formats.md lists the rules).
 std::string make_pickle_loadable_by_libtorch(std::string_view pickle);
 
 }  // namespace shardcast

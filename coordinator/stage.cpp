@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "coordinator/bool_check.h"
 #include "coordinator/shard_reader.h"
 #include "core/dtype_cast.h"
 #include "core/file.h"
@@ -13,6 +14,7 @@ namespace shardcast {
 namespace {
 
 void fill(const TensorInfo& t, const PlannedTensor& p, const uint8_t* source, uint8_t* segment) {
+  if (t.dtype == DType::kBool) check_bool_bytes(t.name, source, t.nbytes());
   cast_elements(source, t.dtype, segment + p.offset, p.dtype, t.numel());
 }
 
@@ -44,6 +46,7 @@ StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::ve
           const TensorInfo& t = catalog.tensors[p.catalog_index];
           if (t.dtype == p.dtype) {
             file.read_exact_at(data + p.offset, p.nbytes, t.file_offset);
+            if (t.dtype == DType::kBool) check_bool_bytes(t.name, data + p.offset, p.nbytes);
           } else {
             bounce.resize(t.nbytes());
             file.read_exact_at(bounce.data(), bounce.size(), t.file_offset);

@@ -84,6 +84,12 @@ void check_view_fits(const std::filesystem::path& path, const std::string& name,
                      uint64_t file_size, const std::map<const void*, size_t>* record_bytes) {
   const uint64_t item = t.element_size();
   const uint64_t storage_bytes = t.storage().nbytes();
+  // Even before any record is read (the catalog reads the pickle alone), a storage cannot hold more than the file:
+  // its size is what a load reserves shared memory for.
+  if (storage_bytes > file_size) {
+    corrupt(path,
+            fmt::format("tensor '{}' claims a storage of {} bytes in a file of {}", name, storage_bytes, file_size));
+  }
   if (t.storage_offset() < 0) corrupt(path, fmt::format("tensor '{}' has a negative storage offset", name));
   uint64_t last = static_cast<uint64_t>(t.storage_offset());  // element index of the last element
   bool empty = false;
@@ -147,8 +153,13 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
     count_checkpoint_read(with_data ? file_size : 0);
     auto [pickle_data, pickle_size] = reader.getRecord("data.pkl");
     check_crc("data.pkl", pickle_data.get(), pickle_size);
-    const std::string pickle =
-        make_pickle_loadable_by_libtorch(std::string_view(static_cast<const char*>(pickle_data.get()), pickle_size));
+    std::string pickle;
+    try {
+      pickle =
+          make_pickle_loadable_by_libtorch(std::string_view(static_cast<const char*>(pickle_data.get()), pickle_size));
+    } catch (const Error& e) {
+      corrupt(path, fmt::format("cannot decode the torch.save archive: {}", e.what()));
+    }
     size_t position = 0;
     auto read = [&](char* buffer, size_t n) {
       n = std::min(n, pickle.size() - position);
@@ -180,7 +191,7 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
       }
     }
   } catch (const Error&) {
-    throw;
+    throw;  // shardcast's own checks, which name the file already
   } catch (const c10::Error& e) {
     corrupt(path, fmt::format("cannot decode the torch.save archive: {}", e.what_without_backtrace()));
   } catch (const std::exception& e) {

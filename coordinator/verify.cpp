@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "coordinator/bool_check.h"
 #include "coordinator/catalog.h"
 #include "coordinator/shard_reader.h"
 
@@ -23,12 +24,10 @@ VerifyReport verify_checkpoint(const std::filesystem::path& path) {
         read_shard_tensors(catalog, i, [&](const TensorInfo& t, const Bytes& bytes) {
           report.bytes_read += bytes.size;
           if (t.dtype != DType::kBool) return;
-          for (size_t k = 0; k < bytes.size; ++k) {
-            if (bytes.data[k] > 1) {
-              report.problems.push_back(fmt::format("shard '{}': BOOL tensor '{}' holds byte value {} at element {}",
-                                                    catalog.shards[i].file, t.name, bytes.data[k], k));
-              break;
-            }
+          try {
+            check_bool_bytes(t.name, bytes.data, bytes.size);
+          } catch (const Error& e) {
+            report.problems.push_back(fmt::format("shard '{}': {}", catalog.shards[i].file, e.what()));
           }
         });
       } catch (const Error& e) {

@@ -33,15 +33,22 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
   const uint64_t file_size = file.size();
   if (file_size < kEndOfDirectorySize) corrupt("too short for an end-of-central-directory record");
 
-  // The end record sits in the last 22 bytes plus at most a 64 KiB comment.
-  const uint64_t tail_size = std::min<uint64_t>(file_size, kEndOfDirectorySize + kMaxComment);
+  // The end record is the last 22 bytes (torch.save writes no archive comment); only if it is not there, search the
+  // last 64 KiB for it, as a comment may follow it.
+  uint64_t tail_size = kEndOfDirectorySize;
   std::vector<uint8_t> tail(tail_size);
   file.read_exact_at(tail.data(), tail.size(), file_size - tail_size);
-  size_t end = tail_size - kEndOfDirectorySize + 1;
-  do {
-    --end;
-  } while (little_endian(&tail[end], 4) != kEndOfDirectory && end > 0);
-  if (little_endian(&tail[end], 4) != kEndOfDirectory) corrupt("no end-of-central-directory record");
+  size_t end = 0;
+  if (little_endian(tail.data(), 4) != kEndOfDirectory) {
+    tail_size = std::min<uint64_t>(file_size, kEndOfDirectorySize + kMaxComment);
+    tail.resize(tail_size);
+    file.read_exact_at(tail.data(), tail.size(), file_size - tail_size);
+    end = tail_size - kEndOfDirectorySize + 1;
+    do {
+      --end;
+    } while (little_endian(&tail[end], 4) != kEndOfDirectory && end > 0);
+    if (little_endian(&tail[end], 4) != kEndOfDirectory) corrupt("no end-of-central-directory record");
+  }
   const uint64_t end_offset = file_size - tail_size + end;
   uint64_t count = little_endian(&tail[end + 10], 2);
   uint64_t directory_size = little_endian(&tail[end + 12], 4);
@@ -123,8 +130,11 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
       corrupt(fmt::format("record '{}' ({} bytes at byte {}) does not lie before the central directory", full_name,
                           record.size, record.local_header_offset));
     }
+    // LibTorch reads records below the first one's top folder: two names that agree below it would let the CRC
+    // checked be another record's.
     const size_t slash = full_name.find('/');
-    records[slash == std::string::npos ? full_name : full_name.substr(slash + 1)] = record;
+    const std::string name = slash == std::string::npos ? full_name : full_name.substr(slash + 1);
+    if (!records.emplace(name, record).second) corrupt(fmt::format("record '{}' appears twice", name));
     at += kEntrySize + name_length + extra_length + comment_length;
   }
   return records;

@@ -43,6 +43,13 @@ File File::open_read(const std::filesystem::path& path) {
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
     fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   } while (fd < 0 && errno == EINTR);
+  struct stat by_path {};
+  if (fd < 0 && errno == EWOULDBLOCK && ::stat(path.c_str(), &by_path) == 0 && S_ISREG(by_path.st_mode)) {
+    // A regular file under another process's write lease (Samba, nfsd) refuses a non-blocking open: wait for it.
+    do {
+      fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+  }
   if (fd < 0) throw_system_error("open", path.string(), errno);
   struct stat st {};
   if (::fstat(fd, &st) != 0) {

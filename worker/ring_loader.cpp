@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>  // fmt::join (its home since fmt 11)
 
+#include "coordinator/bool_check.h"
 #include "coordinator/stream_plan.h"
 #include "core/file.h"
 #include "core/size.h"
@@ -167,6 +168,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
   const int parts = request.parallel_read ? topo.local_size : 1, part = request.parallel_read ? topo.local_rank : 0;
   const int threads = static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency() / parts, 1, 8));
   std::vector<std::map<uint32_t, File>> files(threads);  // per thread, opened on first use
+  const BoolRanges bool_ranges(catalog_);
   auto read_part = [&](uint64_t chunk, int thread) {
     for (const FileRead& read : chunk_reads(catalog_, stream, chunk, part * threads + thread, parts * threads)) {
       try {
@@ -175,6 +177,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
           it = files[thread].emplace(read.shard, File::open_read(catalog_.shards[read.shard].path)).first;
         }
         it->second.read_exact_at(slot(chunk) + read.slot_offset, read.length, read.file_offset);
+        bool_ranges.check(read.shard, read.file_offset, slot(chunk) + read.slot_offset, read.length);
       } catch (const Error& e) {
         throw e.with_context(shard_context(catalog_, read.shard));
       }

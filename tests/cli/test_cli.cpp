@@ -206,6 +206,17 @@ TEST(Cli, VerifyReadsEveryByteAndCatchesBadBoolValues) {
   CommandResult r = run_cli({"verify", dir.path().string()});
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   EXPECT_CONTAINS(r.err, "BOOL tensor 'm' holds byte value 7 at element 1");
+  // Loads check what they read too, on every path: staged into shared memory, or streamed through the GPU ring (the
+  // host stand-in here) (issue 13).
+  for (std::vector<std::string> extra :
+       {std::vector<std::string>{"--placement", "shared"}, std::vector<std::string>{"--placement", "private"},
+        std::vector<std::string>{"--placement", "cuda", "--device-stand-in"}}) {
+    std::vector<std::string> args{"load", dir.path().string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    CommandResult load = run_cli(args);
+    EXPECT_EQ(load.exit_code, 1) << describe(load);
+    EXPECT_CONTAINS(load.err, "BOOL tensor 'm' holds byte value 7 at element 1");
+  }
 }
 
 TEST(Cli, InspectJsonDescribesShardsDtypesAndSizes) {

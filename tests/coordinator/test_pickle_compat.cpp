@@ -59,7 +59,7 @@ TEST(PickleCompat, AMarkIsNeverAValueToPop) {
   expect_refused(bytes({0x80, 2, '(', '(', 'e', '.'}), "no container below its MARK");
 }
 
-TEST(PickleCompat, NestingMemoAndTypeStringsAreBounded) {
+TEST(PickleCompat, NestingAndTheMemoAreBounded) {
   std::string deep = bytes({0x80, 2, 'N'}) + std::string(1'000'000, '\x85') + ".";  // TUPLE1 a million times
   expect_refused(deep, "values nest deeper than 32 levels");
   std::string shallow = bytes({0x80, 2, 'N'}) + std::string(30, '\x85') + ".";
@@ -67,14 +67,36 @@ TEST(PickleCompat, NestingMemoAndTypeStringsAreBounded) {
   // LONG_BINPUT 2^32 - 1 would grow LibTorch's memo to four billion entries.
   expect_refused(bytes({0x80, 2, 'N', 'r', 0xff, 0xff, 0xff, 0xff, '.'}), "memo id 4294967295 skips ahead");
   expect_refused(bytes({0x80, 2, 'h', 0, '.'}), "memo id 0 at byte 2 was never stored");
-  const std::string dicts = [] {
-    std::string type;
-    for (int i = 0; i < 5000; ++i) type += "Dict[str, ";
-    return type;
-  }();
-  std::string type_string = bytes({0x80, 2, 'X'});
-  for (int i = 0; i < 4; ++i) type_string += static_cast<char>((dicts.size() >> (8 * i)) & 0xff);
-  expect_refused(type_string + dicts + ".", "a string nests brackets deeper than 16 levels");
+}
+
+// A container memoized before it was filled comes back through BINGET as the same object: its depth is counted where
+// it ends up, and a value already inside another may not change (review of issue 13's fix).
+TEST(PickleCompat, TheMemoCannotHideNesting) {
+  std::string lists = bytes({0x80, 2, ']', 'q', 0});
+  for (int i = 0; i < 20; ++i) lists += bytes({']', 'q', 1, '(', 'h', 0, 'e', ']', 'q', 0, '(', 'h', 1, 'e'});
+  expect_refused(lists + ".", "values nest deeper than 32 levels");
+  expect_refused(bytes({0x80, 2, ']', 'q', 0, ']', '(', 'h', 0, 'e', 'h', 0, '(', 'N', 'e', '.'}),
+                 "changes a value already inside another");
+}
+
+// LibTorch casts a storage id's second item to a dtype without a check, and each global it knows has assumptions of
+// its own: only a state dict's globals pass, and a storage id must name a storage class.
+TEST(PickleCompat, OnlyAStateDictsGlobalsAndStorageIdsPass) {
+  const std::string persistent_id = bytes({0x80, 2, '(', 'X', 7, 0, 0, 0}) + "storage" +
+                                    bytes({'J', 0xff, 0xff, 0xff, 0x7f}) + bytes({'X', 1, 0, 0, 0}) + "0" +
+                                    bytes({'X', 3, 0, 0, 0}) + "cpu" + bytes({'K', 0, 't', 'Q', '.'});
+  expect_refused(persistent_id, "the persistent id at byte");
+  expect_refused(std::string("\x80\x02") + "ctorch._tensor\n_rebuild_from_type_v2\n(NN)}tR.",
+                 "the global 'torch._tensor _rebuild_from_type_v2 ' at byte 2 is not one torch.save writes");
+  expect_refused(std::string("\x80\x02") + "cposix\nsystem\nX\x02\x00\x00\x00ls\x85R.", "the global 'posix system '");
+  // restore_type_tag parses its type string recursively: only the one type a state dict has.
+  const std::string restore = std::string("\x80\x02") + "ctorch.jit._pickle\nrestore_type_tag\n}";
+  std::string unary = std::string(100'000, '~') + "int";
+  std::string unary_string = "X";
+  for (int i = 0; i < 4; ++i) unary_string += static_cast<char>((unary.size() >> (8 * i)) & 0xff);
+  expect_refused(restore + unary_string + unary + "\x86R.", "is called with another type than Dict[str, Tensor]");
+  const std::string dict_type = std::string("X\x11\x00\x00\x00", 5) + "Dict[str, Tensor]";
+  EXPECT_NO_THROW(make_pickle_loadable_by_libtorch(restore + dict_type + "\x86R."));
 }
 
 TEST(PickleCompat, OnlyLibTorchsOpcodesAndProtocolTwoPass) {

@@ -435,6 +435,10 @@ TEST(TorchBinDeathTest, ViewsPastTheirStorageAndShortStorageRecordsAreRefusedNot
   EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin_metadata(oob), {oob.string(), "'w'"});  // the pickle alone shows it
   const fs::path short_record = bin_of("short_record");  // 16 bytes stored, 1 << 20 floats declared
   EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin(short_record), {short_record.string(), "'w'"});
+  // The catalog reads the pickle alone, and a load reserves shared memory by its storage sizes: even then a storage
+  // larger than the whole file is refused.
+  EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin_metadata(short_record),
+                                  {short_record.string(), "'w'", "claims a storage of 4194304 bytes"});
   // One float repeated by stride 0 into 4 GB: what it would be copied out to must be justified by the file.
   const fs::path bomb = bin_of("expanded_bomb");
   EXPECT_REFUSED_WITHOUT_CRASHING(read_torch_bin(bomb), {bomb.string(), "'w'", "more than the whole file"});
