@@ -168,7 +168,7 @@ build-gpu/tools/shardcast info >>"$out/facts.txt" 2>&1
 torch_cpu=$(find "$torch_prefix/../.." -name 'libtorch_cpu.so' 2>/dev/null | head -n 1)
 [ -n "$torch_cpu" ] && echo "std::filesystem symbols exported by $torch_cpu:" \
   "$(nm -D --defined-only "$torch_cpu" 2>/dev/null | grep -c _ZNSt10filesystem)" >>"$out/facts.txt"
-LD_DEBUG=bindings build-gpu/tests/test_worker --gtest_list_tests 2>&1 | grep -m 3 'filesystem' >>"$out/facts.txt"
+LD_BIND_NOW=1 LD_DEBUG=bindings build-gpu/tests/test_worker --gtest_list_tests 2>&1 | grep -m 3 'test_worker .*_ZNSt10filesystem' >>"$out/facts.txt"
 
 python_check() {
   rm -rf build-gpu/python-check
