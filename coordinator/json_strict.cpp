@@ -58,25 +58,24 @@ class StrictBuilder : public nlohmann::json_sax<json> {
     throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}': {} {}", label_, what_, why));
   }
 
+  // Puts the value where the document is at (the root, the open array's end, or the key just read); returns it.
+  template <typename Value>
+  json* put(Value&& value) {
+    if (open_.empty()) return &(root_ = json(std::forward<Value>(value)));
+    if (open_.back()->is_array()) {
+      return &open_.back()->get_ref<json::array_t&>().emplace_back(std::forward<Value>(value));
+    }
+    return &(*slot_ = json(std::forward<Value>(value)));
+  }
   template <typename Value>
   bool place(Value&& value) {
-    if (open_.empty()) {
-      root_ = json(std::forward<Value>(value));
-    } else if (open_.back()->is_array()) {
-      open_.back()->get_ref<json::array_t&>().emplace_back(std::forward<Value>(value));
-    } else {
-      *slot_ = json(std::forward<Value>(value));
-    }
+    put(std::forward<Value>(value));
     return true;
   }
 
   bool open(json::value_t type) {
     if (open_.size() == kMaxDepth) fail(fmt::format("nests deeper than {} levels", kMaxDepth));
-    place(type);
-    json* opened = open_.empty()              ? &root_
-                   : open_.back()->is_array() ? &open_.back()->get_ref<json::array_t&>().back()
-                                              : slot_;
-    open_.push_back(opened);
+    open_.push_back(put(type));
     return true;
   }
 

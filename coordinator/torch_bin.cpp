@@ -60,13 +60,13 @@ bool python_can_load_in_bin(DType dtype) {
   }
 }
 
-// Returns the file's size.
-uint64_t check_zip_magic(const std::filesystem::path& path) {
+// The archive, opened once for the checks shardcast makes itself (LibTorch's reader opens it again by name).
+File open_zip_archive(const std::filesystem::path& path) {
   File file = File::open_read(path);
   unsigned char magic[4] = {0, 0, 0, 0};
   if (file.size() < 4) corrupt(path, fmt::format("file is {} bytes, too short for a torch.save archive", file.size()));
   file.read_exact_at(magic, 4, 0);
-  if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) return file.size();
+  if (magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4) return file;
   if (magic[0] == 0x80) {
     corrupt(path,
             "legacy torch.save format (non-zip, before PyTorch 1.6) is not supported; re-save it with "
@@ -127,8 +127,9 @@ void check_view_fits(const std::filesystem::path& path, const std::string& name,
 }
 
 std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data) {
-  const uint64_t file_size = check_zip_magic(path);
-  const std::map<std::string, ZipRecord> directory = read_zip_directory(File::open_read(path));
+  const File archive = open_zip_archive(path);
+  const uint64_t file_size = archive.size();
+  const std::map<std::string, ZipRecord> directory = read_zip_directory(archive);
   // LibTorch's reader skips the CRC-32 of each record: a flipped byte would load as a different value.
   std::set<std::string> checked;
   auto check_crc = [&](const std::string& name, const void* data, size_t size) {

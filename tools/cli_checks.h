@@ -20,6 +20,21 @@
 
 namespace shardcast::cli {
 
+// A value that `parse` (which throws Error on bad input) accepts; its message becomes CLI11's.
+template <typename Parse>
+CLI::Validator parsed_by(Parse parse, const std::string& name) {
+  return CLI::Validator(
+      [parse](std::string& text) -> std::string {
+        try {
+          parse(text);
+        } catch (const Error& e) {
+          return e.what();
+        }
+        return {};
+      },
+      name);
+}
+
 // A whole number of at least `min`: timeouts, counts, group sizes, device indices.
 inline CLI::Validator whole_number_at_least(int min) {
   return CLI::Validator(
@@ -38,14 +53,11 @@ inline CLI::Validator whole_number_at_least(int min) {
 
 // A byte size as parse_size reads it ("200MB", "2GiB"), of at least `min` bytes.
 inline CLI::Validator size_at_least(uint64_t min) {
-  return CLI::Validator(
-      [min](std::string& text) -> std::string {
-        try {
-          if (parse_size(text) < min) return fmt::format("must be at least {} byte(s), not '{}'", min, text);
-        } catch (const Error& e) {
-          return e.what();
+  return parsed_by(
+      [min](const std::string& text) {
+        if (parse_size(text) < min) {
+          throw Error(ErrorCode::kInvalidArgument, fmt::format("must be at least {} byte(s), not '{}'", min, text));
         }
-        return {};
       },
       "SIZE");
 }
@@ -107,16 +119,7 @@ inline RingShape parse_ring(const std::string& text) {
 }
 
 inline CLI::Validator ring_shape() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        try {
-          parse_ring(text);
-        } catch (const Error& e) {
-          return e.what();
-        }
-        return {};
-      },
-      "SLOTSxSIZE");
+  return parsed_by([](const std::string& text) { parse_ring(text); }, "SLOTSxSIZE");
 }
 
 }  // namespace shardcast::cli

@@ -200,16 +200,7 @@ void add_load(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tp-rule", args.tp_rules,
                   "PATTERN:DIM: split matching tensors along DIM across the TP group (e.g. '*.q_proj.weight:0')")
-      ->check(CLI::Validator(
-          [](std::string& rule) {
-            try {
-              parse_slice_rule(rule);
-            } catch (const Error& e) {
-              return std::string(e.what());
-            }
-            return std::string();
-          },
-          "PATTERN:DIM"));
+      ->check(parsed_by([](const std::string& rule) { parse_slice_rule(rule); }, "PATTERN:DIM"));
   cmd->add_option("--dtype", args.dtype,
                   "auto keeps the checkpoint's; bf16, f16, f32, f64 convert floats once per node")
       ->check(dtype_name(true))
