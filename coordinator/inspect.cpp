@@ -11,8 +11,11 @@ CheckpointSummary summarize_checkpoint(const std::filesystem::path& path) {
   for (const TensorInfo& t : s.catalog.tensors) {
     auto& d = s.dtypes[std::string(dtype_name(t.dtype))];
     ++d.tensors;
-    d.bytes += t.nbytes();
-    s.tied += t.tied_to.empty() ? 0 : 1;
+    if (t.tied_to.empty()) {
+      d.bytes += t.nbytes();  // tied weights once, as tensor_bytes()
+    } else {
+      ++s.tied;
+    }
   }
   for (size_t i = 0; i < s.catalog.shards.size(); ++i) {
     const ShardInfo& shard = s.catalog.shards[i];

@@ -1,6 +1,8 @@
 #include "coordinator/plan.h"
 
 #include <algorithm>
+#include <map>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -55,6 +57,7 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
   for (uint32_t s = 0; s < catalog.shards.size(); ++s) {
     PlannedSegment segment;
     segment.shard = s;
+    std::map<std::string_view, size_t> planned;  // storage's first name -> its index in segment.tensors
     for (const TensorInfo* t : shard_tensors_in_read_order(catalog, s)) {
       if (request.only_listed
               ? std::find(request.tensors.begin(), request.tensors.end(), t->name) == request.tensors.end()
@@ -63,10 +66,23 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
       }
       PlannedTensor p;
       p.catalog_index = static_cast<uint32_t>(t - catalog.tensors.data());
-      p.dtype = target_dtype(t->dtype, request.dtype);
-      p.nbytes = t->numel() * dtype_size(p.dtype);
-      p.offset = (segment.size + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
-      segment.size = p.offset + p.nbytes;
+      // Tied names all name the first one as tied_to: the first of them selected holds the bytes.
+      const std::string_view storage = t->tied_to.empty() ? std::string_view(t->name) : t->tied_to;
+      auto original = planned.find(storage);
+      if (original != planned.end()) {
+        const PlannedTensor& o = segment.tensors[original->second];
+        p.dtype = o.dtype;
+        p.offset = o.offset;
+        p.nbytes = o.nbytes;
+        p.tied = true;
+      } else {
+        p.dtype = target_dtype(t->dtype, request.dtype);
+        p.nbytes = t->numel() * dtype_size(p.dtype);
+        p.offset = (segment.size + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
+        segment.size = p.offset + p.nbytes;
+        plan.tensor_bytes += p.nbytes;
+      }
+      planned.emplace(storage, segment.tensors.size());
       segment.tensors.push_back(p);
     }
     if (segment.tensors.empty()) continue;
@@ -132,6 +148,7 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
       mix(h, p.offset);
       mix(h, p.nbytes);
       mix(h, static_cast<uint64_t>(p.reader));
+      mix(h, static_cast<uint64_t>(p.tied));
     }
   }
   plan.layout_hash = h;

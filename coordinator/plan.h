@@ -33,6 +33,9 @@ struct PlannedTensor {
   uint64_t offset = 0;         // in the segment's data, 64-byte aligned
   uint64_t nbytes = 0;         // in the segment
   int reader = 0;              // local rank that fills it
+  // A tied .bin weight: the same bytes (offset, nbytes, dtype) as an earlier tensor of this segment, so nothing is
+  // staged for it and the node holds the storage once, as torch.load does.
+  bool tied = false;
 };
 
 struct PlannedSegment {
@@ -45,7 +48,8 @@ struct PlannedSegment {
 struct Plan {
   std::vector<PlannedSegment> segments;      // one per shard holding a requested tensor
   std::vector<std::vector<size_t>> batches;  // segment indices staged and released together
-  uint64_t total_bytes = 0;                  // sum of segment sizes
+  uint64_t total_bytes = 0;                  // sum of segment sizes (tensors 64-byte aligned)
+  uint64_t tensor_bytes = 0;                 // the planned tensors' bytes in their loaded dtypes, tied ones once
   uint64_t layout_hash = 0;
   size_t tensor_count = 0;
 };

@@ -57,6 +57,7 @@ StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::ve
       } else {
         std::map<std::string, Bytes> decoded = decode_bin_shard(catalog, segment.shard);
         for (const PlannedTensor& p : segment.tensors) {
+          if (p.tied) continue;  // its bytes are its original's
           const TensorInfo& t = catalog.tensors[p.catalog_index];
           fill(t, p, decoded.at(t.name).data, data);
           staged(p.nbytes);

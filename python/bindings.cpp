@@ -64,6 +64,7 @@ py::dict stats_dict(const LoadStats& s) {
   py::dict phases;
   for (const PhaseTime& p : s.phases) phases[py::str(p.name)] = p.seconds;
   d["phases"] = phases;
+  d["tensor_bytes"] = s.tensor_bytes;
   d["node_bytes_staged"] = s.node_bytes_staged;
   d["rank_bytes_staged"] = s.rank_bytes_staged;
   d["rank_bytes_read"] = s.rank_bytes_read;

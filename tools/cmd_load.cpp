@@ -143,6 +143,7 @@ void run_load(const LoadArgs& args) {
     report["tensors"] = state.size();
     report["seconds"] = seconds;
     for (const PhaseTime& p : stats.phases) report["phases"][p.name] = p.seconds;
+    report["tensor_bytes"] = stats.tensor_bytes;
     report["node_bytes_staged"] = stats.node_bytes_staged;
     report["rank_bytes_staged"] = stats.rank_bytes_staged;
     report["rank_bytes_read"] = stats.rank_bytes_read;
@@ -167,7 +168,7 @@ void run_load(const LoadArgs& args) {
                  format_size(stats.ring_bytes));
     } else {
       fmt::print("loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} staged per node\n", state.size(),
-                 format_size(stats.node_bytes_staged), topo.world_size, seconds, args.placement,
+                 format_size(stats.tensor_bytes), topo.world_size, seconds, args.placement,
                  format_size(stats.node_bytes_staged));
     }
   }

@@ -134,6 +134,7 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
   request.one_shard_at_a_time = options.placement == Placement::kPrivate || options.placement == Placement::kCuda;
   Plan plan = make_plan(catalog_, request, topo.local_size, topo.node_count);
   stats.node_bytes_staged = plan.total_bytes;
+  stats.tensor_bytes = plan.tensor_bytes;
   stats.tensors = plan.tensor_count;
   stats.segments = plan.segments.size();
   phase("plan", start);

@@ -84,6 +84,7 @@ struct PhaseTime {
 struct LoadStats {
   std::vector<PhaseTime> phases;
   uint64_t node_bytes_staged = 0;  // the node's segments (plan total)
+  uint64_t tensor_bytes = 0;       // the loaded tensors' bytes, tied weights once
   uint64_t rank_bytes_staged = 0;  // what this rank wrote into them
   uint64_t rank_bytes_read = 0;    // from checkpoint files, by this rank (headers and index included)
   size_t tensors = 0;

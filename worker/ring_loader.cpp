@@ -69,6 +69,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
   const uint64_t chunks = stream.chunk_count();
   const uint64_t slot_size = std::max<uint64_t>(1, std::min(ring.slot_bytes, stream.total_bytes));
   stats.tensors = stream.tensors.size();
+  stats.tensor_bytes = plan.tensor_bytes;
 
   Transport transport = ring.transport;
   if (transport == Transport::kAuto) {

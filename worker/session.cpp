@@ -111,8 +111,16 @@ std::vector<std::pair<std::string, at::Tensor>> Session::Impl::load(const std::f
   const Topology& topo = group.topology;
   const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
   std::vector<std::pair<std::string, at::Tensor>> loaded;
+  // Tied .bin weights come back as one tensor under each name, as torch.load returns them (a private copy once).
+  std::map<std::string, at::Tensor> originals;
   last = loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
-    for (const LoadedTensor& t : batch) loaded.emplace_back(t.info->name, host_tensor(t, options.placement, tp));
+    for (const LoadedTensor& t : batch) {
+      const bool whole = !rank_slice(*t.info, tp).sliced;
+      auto original = whole && !t.info->tied_to.empty() ? originals.find(t.info->tied_to) : originals.end();
+      at::Tensor tensor = original != originals.end() ? original->second : host_tensor(t, options.placement, tp);
+      if (whole && t.info->tied_to.empty()) originals.emplace(t.info->name, tensor);
+      loaded.emplace_back(t.info->name, std::move(tensor));
+    }
   });
   std::sort(loaded.begin(), loaded.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return loaded;

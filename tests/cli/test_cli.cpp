@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/size.h"
 #include "shardcast/config.h"
 #include "tests/support/hub_cache.h"
 #include "tests/support/run_command.h"
@@ -298,6 +299,34 @@ TEST(Cli, ConvertedTorchBinVerifiesAndKeepsEveryDigest) {
   EXPECT_CONTAINS(r.out, "tied weight(s) stored as separate copies");
   ok({"verify", (dir / "st").string()});
   EXPECT_EQ(ok({"digest", (dir / "st").string()}).out, testing::read_file(fixtures / "all_cases" / "expected.digest"));
+}
+
+TEST(Cli, TiedBinWeightsAreStagedOnceAndEveryCommandCountsThemOnce) {
+  TempDir dir;
+  // A 1 MiB embedding tied to the output layer, as transformers saves it (one storage, two names).
+  CommandResult py =
+      run_command({SHARDCAST_PYTHON, "-c",
+                   "import sys, torch; e = torch.randn(1024, 256); "
+                   "torch.save({'embed.weight': e, 'lm_head.weight': e, 'norm': torch.ones(256)}, sys.argv[1])",
+                   (dir / "pytorch_model.bin").string()});
+  ASSERT_EQ(py.exit_code, 0) << describe(py);
+  const uint64_t once = 1024 * 256 * 4 + 256 * 4;
+  const std::string ckpt = dir.path().string();
+
+  auto inspect = nlohmann::json::parse(ok({"inspect", ckpt, "--json"}).out);
+  EXPECT_EQ(inspect["tensor_bytes"], once);
+  EXPECT_EQ(inspect["tied_tensors"], 1);
+  EXPECT_EQ(inspect["dtypes"]["F32"]["bytes"], once);
+  EXPECT_CONTAINS(ok({"verify", ckpt}).out, "ok: 1 shards, 3 tensors, " + format_size(once) + " read");
+  for (const char* placement : {"shared", "cow", "private"}) {
+    SCOPED_TRACE(placement);
+    const fs::path report = dir / (std::string(placement) + ".json");
+    CommandResult r = ok({"load", ckpt, "--placement", placement, "--report-out", report.string()});
+    EXPECT_CONTAINS(r.out, "loaded 3 tensors (" + format_size(once) + ")");
+    auto j = nlohmann::json::parse(testing::read_file(report));
+    EXPECT_EQ(j["tensor_bytes"], once);
+    EXPECT_LE(j["node_bytes_staged"].get<uint64_t>(), once + 64) << "the tied embedding was staged twice";
+  }
 }
 
 TEST(Cli, MalformedTorchBinsFailCleanly) {

@@ -9,11 +9,13 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "coordinator/catalog.h"
 #include "coordinator/convert.h"
 #include "coordinator/digest.h"
+#include "coordinator/plan.h"
 #include "coordinator/torch_bin.h"
 #include "coordinator/verify.h"
 #include "tests/support/run_command.h"
@@ -231,6 +233,41 @@ TEST(TorchBin, TiedWeightsMarkTheLaterNameShareBytesAndCountOnce) {
   EXPECT_EQ(find(module, "2.weight").tied_to, "0.weight");
   EXPECT_EQ(find(module, "2.weight").bytes.data, find(module, "0.weight").bytes.data);
   EXPECT_EQ(open_catalog(kFixtures / "module").tensor_bytes(), 10u * 4 * 4 + 4 * 4 + 4 * 4);
+}
+
+TEST(TorchBin, ThePlanStagesATiedStorageOnceInEveryDtype) {
+  const Catalog c = open_catalog(kFixtures / "all_cases");
+  for (std::optional<DType> dtype : {std::optional<DType>(), std::optional<DType>(DType::kBF16)}) {
+    LoadRequest request;
+    request.dtype = dtype;
+    const Plan plan = make_plan(c, request, 2);
+    ASSERT_EQ(plan.segments.size(), 1u);
+    const PlannedTensor *original = nullptr, *tied = nullptr;
+    uint64_t bytes = 0;
+    for (const PlannedTensor& p : plan.segments[0].tensors) {
+      const std::string& name = c.tensors[p.catalog_index].name;
+      if (name == "lm_head.weight") original = &p;
+      if (name == "model.embed_tokens.weight") tied = &p;
+      if (!p.tied) bytes += p.nbytes;
+      EXPECT_EQ(p.tied, name == "model.embed_tokens.weight") << name;
+    }
+    ASSERT_TRUE(original && tied);
+    EXPECT_EQ(tied->offset, original->offset);
+    EXPECT_EQ(tied->nbytes, original->nbytes);
+    EXPECT_EQ(tied->dtype, original->dtype);
+    EXPECT_EQ(tied->reader, original->reader);
+    EXPECT_EQ(plan.tensor_bytes, bytes);
+    if (!dtype) {
+      EXPECT_EQ(plan.tensor_bytes, c.tensor_bytes());
+    }
+  }
+  // Only the later name selected: it holds the bytes itself.
+  LoadRequest request;
+  request.tensors = {"model.embed_tokens.weight"};
+  const Plan plan = make_plan(c, request, 1);
+  ASSERT_EQ(plan.tensor_count, 1u);
+  EXPECT_FALSE(plan.segments[0].tensors[0].tied);
+  EXPECT_EQ(plan.tensor_bytes, 8u * 4 * 4);
 }
 
 TEST(TorchBin, StridedOffsetAndExpandedViewsComeBackContiguousAndBitExact) {
