@@ -12,3 +12,11 @@ if(SHARDCAST_SANITIZE)
   add_link_options(${_flags})
   message(STATUS "shardcast: sanitizers ${SHARDCAST_SANITIZE}")
 endif()
+
+# SHARDCAST_FUZZ: every library carries libFuzzer's coverage instrumentation; only tests/fuzz links its driver.
+if(SHARDCAST_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "SHARDCAST_FUZZ needs clang (libFuzzer): configure with CXX=clang++ (scripts/sanitize does)")
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()

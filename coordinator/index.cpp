@@ -46,9 +46,9 @@ CheckpointIndex parse_index(std::string_view text, const std::string& label) {
       const auto& total = metadata["total_size"];
       if (total.is_number_unsigned()) {
         index.total_size = total.get<uint64_t>();
-      } else if (total.is_number_float() && total.get<double>() >= 0 &&
-                 total.get<double>() == static_cast<double>(static_cast<uint64_t>(total.get<double>()))) {
-        index.total_size = static_cast<uint64_t>(total.get<double>());
+      } else if (const double d = total.is_number_float() ? total.get<double>() : -1;
+                 d >= 0 && d < 0x1p64 && d == static_cast<double>(static_cast<uint64_t>(d))) {
+        index.total_size = static_cast<uint64_t>(d);  // in range: the comparisons above went first
       } else {
         bad(fmt::format("metadata.total_size {} is not a non-negative integer", total.dump()));
       }

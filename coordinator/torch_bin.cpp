@@ -1,6 +1,7 @@
 #include "coordinator/torch_bin.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <map>
 #include <set>
@@ -9,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <caffe2/serialize/file_adapter.h>
 #include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/versions.h>
 #include <fmt/format.h>
 #include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickle.h>
@@ -126,10 +128,33 @@ void check_view_fits(const std::filesystem::path& path, const std::string& name,
   }
 }
 
+// LibTorch's reader parses the version record while it opens the archive, and leaks its zip state when that throws:
+// the record is checked here first, as its std::stoull would read it (whitespace, then digits), and against the
+// versions it supports.
+void check_format_version(const File& archive, const std::map<std::string, ZipRecord>& directory) {
+  auto it = directory.find(".data/version");
+  if (it == directory.end()) it = directory.find("version");
+  if (it == directory.end()) corrupt(archive.path(), "the archive has no 'version' record");
+  const std::string text = read_zip_record(archive, it->first, it->second);
+  size_t at = 0;
+  while (at < text.size() && std::isspace(static_cast<unsigned char>(text[at]))) ++at;
+  uint64_t version = 0;
+  const size_t digits = at;
+  while (at < text.size() && std::isdigit(static_cast<unsigned char>(text[at])) && version <= 1'000'000) {
+    version = version * 10 + static_cast<uint64_t>(text[at++] - '0');
+  }
+  using caffe2::serialize::kMaxSupportedFileFormatVersion, caffe2::serialize::kMinSupportedFileFormatVersion;
+  if (at == digits || version < kMinSupportedFileFormatVersion || version > kMaxSupportedFileFormatVersion) {
+    corrupt(archive.path(), fmt::format("record '{}' holds no file format version from {} to {} this LibTorch reads",
+                                        it->first, kMinSupportedFileFormatVersion, kMaxSupportedFileFormatVersion));
+  }
+}
+
 std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data) {
   const File archive = open_zip_archive(path);
   const uint64_t file_size = archive.size();
   const std::map<std::string, ZipRecord> directory = read_zip_directory(archive);
+  check_format_version(archive, directory);
   // LibTorch's reader skips the CRC-32 of each record: a flipped byte would load as a different value.
   std::set<std::string> checked;
   auto check_crc = [&](const std::string& name, const void* data, size_t size) {

@@ -28,7 +28,8 @@ VerifyReport verify_checkpoint(const std::filesystem::path& path) {
           try {
             check_bool_bytes(t.name, bytes.data, bytes.size);
           } catch (const Error& e) {
-            report.problems.push_back(fmt::format("shard '{}': {}", catalog.shards[i].file, e.what()));
+            report.problems.push_back(
+                fmt::format("{}: '{}': {}", shard_context(catalog, i), catalog.shards[i].path.string(), e.what()));
           }
         });
       } catch (const Error& e) {

@@ -13,8 +13,11 @@ namespace shardcast {
 namespace {
 
 constexpr uint32_t kEndOfDirectory = 0x06054b50, kZip64EndOfDirectory = 0x06064b50, kZip64Locator = 0x07064b50,
-                   kDirectoryEntry = 0x02014b50;
-constexpr size_t kEndOfDirectorySize = 22, kZip64LocatorSize = 20, kZip64EndOfDirectorySize = 56, kEntrySize = 46;
+                   kDirectoryEntry = 0x02014b50, kLocalHeader = 0x04034b50;
+constexpr size_t kEndOfDirectorySize = 22, kZip64LocatorSize = 20, kZip64EndOfDirectorySize = 56, kEntrySize = 46,
+                 kLocalHeaderSize = 30;
+// Encrypted (0, 6), patched (5) or with a masked local header (13): what miniz refuses to read.
+constexpr uint64_t kUnreadableFlags = 0x0001 | 0x0020 | 0x0040 | 0x2000;
 constexpr size_t kMaxComment = 0xffff;
 
 uint64_t little_endian(const uint8_t* p, size_t width) {
@@ -50,6 +53,9 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
     if (little_endian(&tail[end], 4) != kEndOfDirectory) corrupt("no end-of-central-directory record");
   }
   const uint64_t end_offset = file_size - tail_size + end;
+  if (little_endian(&tail[end + 4], 4) != 0 || little_endian(&tail[end + 8], 2) != little_endian(&tail[end + 10], 2)) {
+    corrupt("the end record describes a multi-disk archive");
+  }
   uint64_t count = little_endian(&tail[end + 10], 2);
   uint64_t directory_size = little_endian(&tail[end + 12], 4);
   uint64_t directory_offset = little_endian(&tail[end + 16], 4);
@@ -77,6 +83,7 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
     corrupt(fmt::format("the central directory (byte {}, {} bytes) does not lie before its end record at byte {}",
                         directory_offset, directory_size, end_offset));
   }
+  if (count == 0) corrupt("the archive holds no records");
   // Each entry takes at least 46 bytes, so the count is bounded by the directory's size before anything is reserved.
   if (count > directory_size / kEntrySize) {
     corrupt(fmt::format("{} records cannot fit in a central directory of {} bytes", count, directory_size));
@@ -85,6 +92,7 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
   std::vector<uint8_t> directory(directory_size);
   file.read_exact_at(directory.data(), directory.size(), directory_offset);
   std::map<std::string, ZipRecord> records;
+  std::string top;  // the first record's top folder, with its '/'
   size_t at = 0;
   for (uint64_t i = 0; i < count; ++i) {
     if (directory_size - at < kEntrySize || little_endian(&directory[at], 4) != kDirectoryEntry) {
@@ -126,18 +134,55 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
                       "as is",
                       full_name, record.method, record.compressed_size, record.size));
     }
-    if (record.local_header_offset >= directory_offset || record.size > directory_offset - record.local_header_offset) {
-      corrupt(fmt::format("record '{}' ({} bytes at byte {}) does not lie before the central directory", full_name,
-                          record.size, record.local_header_offset));
+    if (little_endian(e + 8, 2) & kUnreadableFlags) {
+      corrupt(fmt::format("record '{}' is encrypted or patched (flags {:#06x})", full_name, little_endian(e + 8, 2)));
     }
-    // LibTorch reads records below the first one's top folder: two names that agree below it would let the CRC
-    // checked be another record's.
+    if (little_endian(e + 34, 2) != 0) corrupt(fmt::format("record '{}' lies on another disk", full_name));
+    // The local header too (LibTorch's reader checks it only as it reads the record, and leaks its state when that
+    // fails while it opens the archive): its signature, and the record's bytes after it, before the directory.
+    uint8_t local[kLocalHeaderSize];
+    if (record.local_header_offset > directory_offset ||
+        directory_offset - record.local_header_offset < kLocalHeaderSize) {
+      corrupt(fmt::format("record '{}' has its local header at byte {}, not before the central directory", full_name,
+                          record.local_header_offset));
+    }
+    file.read_exact_at(local, sizeof(local), record.local_header_offset);
+    const uint64_t data_offset =
+        record.local_header_offset + kLocalHeaderSize + little_endian(local + 26, 2) + little_endian(local + 28, 2);
+    if (little_endian(local, 4) != kLocalHeader) {
+      corrupt(fmt::format("record '{}' has no local header at byte {}", full_name, record.local_header_offset));
+    }
+    if (data_offset > directory_offset || record.size > directory_offset - data_offset) {
+      corrupt(fmt::format("record '{}' ({} bytes at byte {}) does not lie before the central directory", full_name,
+                          record.size, data_offset));
+    }
+    record.data_offset = data_offset;
+    // LibTorch reads records below the first one's top folder: a record outside it would be missing to LibTorch but
+    // not to the checks here, and two names that agree below it would let the CRC checked be another record's.
     const size_t slash = full_name.find('/');
-    const std::string name = slash == std::string::npos ? full_name : full_name.substr(slash + 1);
+    if (slash == std::string::npos) corrupt(fmt::format("record '{}' is not inside a top folder", full_name));
+    if (i == 0) top = full_name.substr(0, slash + 1);
+    if (full_name.compare(0, top.size(), top) != 0) {
+      corrupt(fmt::format("record '{}' is outside the archive's top folder '{}'", full_name, top));
+    }
+    const std::string name = full_name.substr(slash + 1);
     if (!records.emplace(name, record).second) corrupt(fmt::format("record '{}' appears twice", name));
     at += kEntrySize + name_length + extra_length + comment_length;
   }
   return records;
+}
+
+std::string read_zip_record(const File& file, const std::string& name, const ZipRecord& record) {
+  std::string bytes(record.size, '\0');
+  file.read_exact_at(bytes.data(), bytes.size(), record.data_offset);
+  const uint32_t crc = crc32_of(bytes.data(), bytes.size());
+  if (crc != record.crc32) {
+    throw Error(ErrorCode::kCorruptCheckpoint,
+                fmt::format("'{}': record '{}' fails its CRC-32 check (the directory says {:08x} over {} bytes; the "
+                            "record gives {:08x}): the archive is damaged",
+                            file.path().string(), name, record.crc32, record.size, crc));
+  }
+  return bytes;
 }
 
 uint32_t crc32_of(const void* data, size_t size) {

@@ -17,12 +17,17 @@ struct ZipRecord {
   uint64_t compressed_size = 0;
   uint64_t size = 0;
   uint64_t local_header_offset = 0;
+  uint64_t data_offset = 0;  // the record's bytes, after its local header
 };
 
 // Records by name below the archive's top folder ("data/0" for "archive/data/0"), as LibTorch's reader names them.
 // Throws kCorruptCheckpoint naming the file and what is wrong: no end-of-central-directory record, a directory
-// outside the file, a record that is compressed, larger than the file, or starts past its end.
+// outside the file, a record that is compressed, encrypted, without its local header, outside the file, or outside
+// the one top folder every torch.save record shares.
 std::map<std::string, ZipRecord> read_zip_directory(const File& file);
+
+// A record's bytes, CRC-32 checked (kCorruptCheckpoint naming the file and record when they differ).
+std::string read_zip_record(const File& file, const std::string& name, const ZipRecord& record);
 
 uint32_t crc32_of(const void* data, size_t size);
 

@@ -280,6 +280,10 @@ TEST(IndexParse, MalformedIndexesAreRejected) {
       {"[[[[[[[[[[[[[[[[[{\"a\":1}]]]]]]]]]]]]]]]]]", "index nests deeper than 16 levels"},
       // Numbers past a double's range are a problem with the file, not an internal error.
       {R"({"metadata":{"total_size":1e400},"weight_map":{"a":"x"}})", "number overflow"},
+      // A float past 2^64 (found by fuzz_index: its conversion to an integer was undefined behaviour).
+      {R"({"metadata":{"total_size":25555555555555555555555555555555555555555555555555552},"weight_map":{"a":"x"}})",
+       "is not a non-negative integer"},
+      {R"({"metadata":{"total_size":18446744073709551616.0},"weight_map":{"a":"x"}})", "is not a non-negative integer"},
   };
   for (const Case& c : cases) {
     try {
