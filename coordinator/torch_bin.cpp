@@ -135,6 +135,10 @@ void check_format_version(const File& archive, const std::map<std::string, ZipRe
   auto it = directory.find(".data/version");
   if (it == directory.end()) it = directory.find("version");
   if (it == directory.end()) corrupt(archive.path(), "the archive has no 'version' record");
+  if (it->second.size > 64) {  // torch.save writes "3\n"
+    corrupt(archive.path(),
+            fmt::format("record '{}' holds {} bytes, not a version number", it->first, it->second.size));
+  }
   const std::string text = read_zip_record(archive, it->first, it->second);
   size_t at = 0;
   while (at < text.size() && std::isspace(static_cast<unsigned char>(text[at]))) ++at;
