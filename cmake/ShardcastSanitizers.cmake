@@ -19,4 +19,5 @@ if(SHARDCAST_FUZZ)
     message(FATAL_ERROR "SHARDCAST_FUZZ needs clang (libFuzzer): configure with CXX=clang++ (scripts/sanitize does)")
   endif()
   add_compile_options(-fsanitize=fuzzer-no-link)
+  add_link_options(-fsanitize=fuzzer-no-link)  # the coverage callbacks' runtime, for everything but tests/fuzz
 endif()

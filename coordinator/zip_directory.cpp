@@ -1,6 +1,8 @@
 #include "coordinator/zip_directory.h"
 
 #include <algorithm>
+#include <cctype>
+#include <set>
 #include <string_view>
 #include <vector>
 
@@ -93,6 +95,7 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
   file.read_exact_at(directory.data(), directory.size(), directory_offset);
   std::map<std::string, ZipRecord> records;
   std::string top;  // the first record's top folder, with its '/'
+  std::set<std::string> folded_names;
   size_t at = 0;
   for (uint64_t i = 0; i < count; ++i) {
     if (directory_size - at < kEntrySize || little_endian(&directory[at], 4) != kDirectoryEntry) {
@@ -111,6 +114,14 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
       corrupt(fmt::format("central directory entry {} runs past the directory's end", i));
     }
     const std::string full_name(reinterpret_cast<const char*>(e + kEntrySize), name_length);
+    // LibTorch looks names up as C strings of at most 511 bytes (miniz's limit), and miniz hands back a directory
+    // (a name ending in '/', or the MS-DOS directory attribute) as empty without reading it.
+    if (name_length > 511 || full_name.find('\0') != std::string::npos) {
+      corrupt(fmt::format("central directory entry {} has a name LibTorch cannot look up", i));
+    }
+    if (full_name.back() == '/' || (little_endian(e + 38, 4) & 0x10)) {
+      corrupt(fmt::format("record '{}' is a directory", full_name));
+    }
     // Zip64 extra field: the 8-byte values of the fields saturated at 0xffffffff, in this order.
     const uint8_t* extra = e + kEntrySize + name_length;
     for (size_t x = 0; x + 4 <= extra_length;) {
@@ -166,7 +177,13 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
       corrupt(fmt::format("record '{}' is outside the archive's top folder '{}'", full_name, top));
     }
     const std::string name = full_name.substr(slash + 1);
-    if (!records.emplace(name, record).second) corrupt(fmt::format("record '{}' appears twice", name));
+    // miniz finds names regardless of ASCII case: two that differ only by case would let LibTorch read another
+    // record than the one checked here.
+    std::string folded = name;
+    std::transform(folded.begin(), folded.end(), folded.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (!folded_names.insert(folded).second || !records.emplace(name, record).second) {
+      corrupt(fmt::format("record '{}' appears twice (names are compared regardless of case)", name));
+    }
     at += kEntrySize + name_length + extra_length + comment_length;
   }
   return records;

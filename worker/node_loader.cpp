@@ -160,7 +160,9 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     for (size_t i : batch) {
       batch_bytes += plan.segments[i].size;
       if (plan.segments[i].owner_node != topo.node) continue;
-      for (const PlannedTensor& p : plan.segments[i].tensors) my_share += p.reader == topo.local_rank ? p.nbytes : 0;
+      for (const PlannedTensor& p : plan.segments[i].tensors) {
+        my_share += p.reader == topo.local_rank && !p.tied ? p.nbytes : 0;  // a tied name stages nothing
+      }
     }
     auto on_staged = [&](uint64_t bytes) {
       mine_done += bytes;

@@ -111,15 +111,19 @@ std::vector<std::pair<std::string, at::Tensor>> Session::Impl::load(const std::f
   const Topology& topo = group.topology;
   const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
   std::vector<std::pair<std::string, at::Tensor>> loaded;
-  // Tied .bin weights come back as one tensor under each name, as torch.load returns them (a private copy once).
-  std::map<std::string, at::Tensor> originals;
+  // Tied .bin weights come back as one tensor under each name, as torch.load returns them (a private copy once). The
+  // first name of a storage that was selected holds it, as in the plan.
+  std::map<std::string, at::Tensor> by_storage;
   last = loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
     for (const LoadedTensor& t : batch) {
-      const bool whole = !rank_slice(*t.info, tp).sliced;
-      auto original = whole && !t.info->tied_to.empty() ? originals.find(t.info->tied_to) : originals.end();
-      at::Tensor tensor = original != originals.end() ? original->second : host_tensor(t, options.placement, tp);
-      if (whole && t.info->tied_to.empty()) originals.emplace(t.info->name, tensor);
-      loaded.emplace_back(t.info->name, std::move(tensor));
+      if (rank_slice(*t.info, tp).sliced) {
+        loaded.emplace_back(t.info->name, host_tensor(t, options.placement, tp));
+        continue;
+      }
+      const std::string& storage = t.info->tied_to.empty() ? t.info->name : t.info->tied_to;
+      auto it = by_storage.find(storage);
+      if (it == by_storage.end()) it = by_storage.emplace(storage, host_tensor(t, options.placement, tp)).first;
+      loaded.emplace_back(t.info->name, it->second);
     }
   });
   std::sort(loaded.begin(), loaded.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -211,10 +215,15 @@ LoadReport Session::load_into(NamedTensors& named, const std::filesystem::path& 
       }
     }
   } else {
+    // A tied storage in the checkpoint is one place in the segment: a second, separate parameter gets its own copy,
+    // as load_state_dict copies into each (writes to one must not show in the other).
+    std::map<const uint8_t*, const c10::TensorImpl*> holder;
     impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
       for (const LoadedTensor& t : batch) {
         at::Tensor* target = first_fill(t.info->name);
         if (!target) continue;
+        const bool aliased = t.nbytes > 0 && !holder.emplace(t.data, target->unsafeGetTensorImpl()).second &&
+                             holder.at(t.data) != target->unsafeGetTensorImpl();
         const bool same_dtype = to_scalar_type(t.dtype) == target->scalar_type();
         if (assign) {
           assigned[target->unsafeGetTensorImpl()] = host_tensor(t, options.placement, tp);
@@ -230,7 +239,7 @@ LoadReport Session::load_into(NamedTensors& named, const std::filesystem::path& 
         } else {
           // shared/cow: the parameter becomes the staged view; a different dtype (dtype "auto") follows the
           // checkpoint, as transformers' torch_dtype="auto" does.
-          target->set_data(host_tensor(t, options.placement, tp));
+          target->set_data(host_tensor(t, aliased ? Placement::kPrivate : options.placement, tp));
         }
       }
     });

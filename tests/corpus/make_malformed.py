@@ -251,16 +251,26 @@ def zip_field_positions(blob):
     return positions
 
 
-def stored_zip(records, method=zipfile.ZIP_STORED, repeat=None):
+def stored_zip(records, method=zipfile.ZIP_STORED, repeat=None, top="archive/"):
     """A torch.save-shaped archive of the given records (name -> bytes) with correct CRCs; `repeat` names a record
     written a second time."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", method) as z, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns of a repeated name
         for name in list(records) + ([repeat] if repeat else []):
-            info = zipfile.ZipInfo("archive/" + name, date_time=(1980, 1, 1, 0, 0, 0))  # the same bytes every run
+            info = zipfile.ZipInfo(top + name, date_time=(1980, 1, 1, 0, 0, 0))  # the same bytes every run
             z.writestr(info, records[name], compress_type=method)
     return out.getvalue()
+
+
+def patch_directory_entry(blob, entry, field, value):
+    """The archive with a field of central directory entry `entry` (not covered by any CRC) set to value's bytes."""
+    eocd = blob.rfind(b"PK\x05\x06")
+    pos = struct.unpack("<I", blob[eocd + 16:eocd + 20])[0]
+    for _ in range(entry):
+        n, e, c = struct.unpack("<HHH", blob[pos + 28:pos + 34])
+        pos += 46 + n + e + c
+    return blob[:pos + field] + value + blob[pos + field + len(value):]
 
 
 def pickle_of(archive):
@@ -535,7 +545,31 @@ def bin_cases(c, rng):
     add("rule", "zip-deflated-record", stored_zip(records, method=zipfile.ZIP_DEFLATED), "compress")
     add("rule", "zip-duplicate-name", stored_zip(records, repeat="data/0"), "")
     add("rule", "zip-not-zip", b"PK\x03\x04" + bytes(60), "")
+    # Zip fields outside every CRC, and records LibTorch's reader would fail on while opening (it leaks then).
+    sound = stored_zip(records)
+    add("rule", "zip-encrypted-flag", patch_directory_entry(sound, 2, 8, b"\x01\x00"), "encrypted")
+    add("rule", "zip-other-disk", patch_directory_entry(sound, 2, 34, b"\x01\x00"), "another disk")
+    add("rule", "zip-directory-attribute", patch_directory_entry(sound, 2, 38, b"\x10\x00\x00\x00"), "directory")
+    add("rule", "zip-case-twin", stored_zip(dict(records, **{"DATA/0": bytes(16)})), "twice")
+    add("rule", "zip-no-top-folder", stored_zip(records, top=""), "top folder")
+    add("rule", "zip-nul-in-name", stored_zip(records, top="arcXhive/").replace(b"arcXhive/", b"arc\0hive/"),
+        "cannot look up")  # zipfile cuts a name at NUL: patched in afterwards
+    add("rule", "zip-record-outside-top", two_folders(records), "outside")
+    add("rule", "version-not-a-number", stored_zip(dict(records, version=b"x\n")), "version")
+    add("rule", "version-too-new", stored_zip(dict(records, version=b"99\n")), "version")
+    add("rule", "version-too-long", stored_zip(dict(records, version=b"3" + b" " * 70)), "version")
+    add("rule", "version-missing", stored_zip({k: v for k, v in records.items() if k != "version"}), "version")
     add("rule", "legacy-pickle", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", "")
+
+
+def two_folders(records):
+    """torch.save's records, but the storage under another top folder than the first record's."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data in records.items():
+            folder = "other/" if name == "data/0" else "archive/"
+            z.writestr(zipfile.ZipInfo(folder + name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
 
 
 def main():

@@ -1,5 +1,6 @@
-// libFuzzer target: model.safetensors.index.json beside two sound shards (tensors a, b in the first, c in the
-// second), verified as a directory: the index's JSON, its weight_map and total_size against the shards, shard paths.
+// libFuzzer target: model.safetensors.index.json beside two sound shards (tensors a, b in the first, c, d in
+// the second), verified as a directory: the index's JSON, its weight_map and total_size against the shards, shard
+// paths.
 #include <map>
 #include <string>
 #include <vector>
@@ -20,7 +21,7 @@ void write_shard(const char* name, const std::vector<shardcast::SafetensorsEntry
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   using shardcast::DType;
   write_shard("model-00001-of-00002.safetensors", {{"a", DType::kF32, {2}, 0, 8}, {"b", DType::kI64, {1}, 8, 16}});
-  write_shard("model-00002-of-00002.safetensors", {{"c", DType::kBF16, {3}, 0, 6}});
+  write_shard("model-00002-of-00002.safetensors", {{"c", DType::kBF16, {3}, 0, 6}, {"d", DType::kBool, {5}, 6, 11}});
   return 0;
 }
 

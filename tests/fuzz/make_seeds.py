@@ -9,6 +9,7 @@ usage: /usr/bin/python3 tests/fuzz/make_seeds.py   (needs PyTorch; reuses tests/
 import io
 import os
 import random
+import struct
 import sys
 import zipfile
 
@@ -61,13 +62,20 @@ def main():
     seeds.add("sound-empty", m.safetensors_bytes([], {"format": "pt"}))
     for name, blob in of("model.safetensors").items():
         seeds.add(name, blob)
+    digits = '{"a":{"dtype":"F32","shape":[' + "9" * 20000 + '],"data_offsets":[0,4]}}'
+    seeds.add("million-digits", struct.pack("<Q", len(digits)) + digits.encode() + bytes(4))  # whole, under MAX_LEN
 
+    # fuzz_index's shards hold a, b (first) and c, d (second): the rule cases' names and total are mapped onto them.
     seeds = Seeds("index")
     weight_map = {name: ("model-00001-of-00002.safetensors" if name in ("a", "b") else
-                         "model-00002-of-00002.safetensors") for name in ("a", "b", "c")}
-    seeds.add("sound", m.json.dumps({"metadata": {"total_size": 22}, "weight_map": weight_map}, indent=2).encode())
+                         "model-00002-of-00002.safetensors") for name in ("a", "b", "c", "d")}
+    seeds.add("sound", m.json.dumps({"metadata": {"total_size": 27}, "weight_map": weight_map}, indent=2).encode())
     seeds.add("sound-no-metadata", m.json.dumps({"weight_map": weight_map}).encode())
+    renames = {b'"embed.weight"': b'"a"', b'"norm.bias"': b'"b"', b'"ids"': b'"c"', b'"mask"': b'"d"',
+               b'"total_size": 101': b'"total_size": 27'}
     for name, blob in of("index").items():
+        for old, new in renames.items():
+            blob = blob.replace(old, new)
         seeds.add(name, blob)
 
     bin_blob = m.base_bin()

@@ -43,6 +43,21 @@ def test_tied_bin_weights_stay_one_tensor_as_torch_load_returns_them(tmp_path, p
     assert sd["embed.weight"].data_ptr() == sd["head.weight"].data_ptr(), "the tie came apart"
 
 
+@pytest.mark.parametrize("placement", ["shared", "cow"])
+def test_separate_parameters_loaded_from_a_tied_bin_stay_separate(tmp_path, placement):
+    embed = torch.randn(64, 8)
+    torch.save({"embed.weight": embed, "head.weight": embed}, tmp_path / "pytorch_model.bin")
+    model = torch.nn.Module()
+    model.embed = torch.nn.Module()
+    model.head = torch.nn.Module()
+    model.embed.weight = torch.nn.Parameter(torch.zeros(64, 8))
+    model.head.weight = torch.nn.Parameter(torch.zeros(64, 8))  # not tied in the model
+    shardcast.load_into(model, tmp_path, placement=placement)
+    assert reference.bit_equal(model.embed.weight.detach(), embed)
+    assert reference.bit_equal(model.head.weight.detach(), embed)
+    assert model.embed.weight.data_ptr() != model.head.weight.data_ptr(), "two parameters came to share memory"
+
+
 @pytest.mark.parametrize("dtype", ["bf16", torch.float16, "f32", torch.float64])
 def test_dtype_converts_floats_as_torch_rounds_and_keeps_the_rest(dtype, tensors, safetensors_ckpt):
     target = {"bf16": torch.bfloat16, "f32": torch.float32}.get(dtype, dtype)
