@@ -116,7 +116,7 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
     const std::string full_name(reinterpret_cast<const char*>(e + kEntrySize), name_length);
     // LibTorch looks names up as C strings of at most 511 bytes (miniz's limit), and miniz hands back a directory
     // (a name ending in '/', or the MS-DOS directory attribute) as empty without reading it.
-    if (name_length > 511 || full_name.find('\0') != std::string::npos) {
+    if (name_length == 0 || name_length > 511 || full_name.find('\0') != std::string::npos) {
       corrupt(fmt::format("central directory entry {} has a name LibTorch cannot look up", i));
     }
     if (full_name.back() == '/' || (little_endian(e + 38, 4) & 0x10)) {
