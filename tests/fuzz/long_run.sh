@@ -16,10 +16,13 @@ one() {
   local kind=$1 start end status=0
   mkdir -p "$out/corpus-$kind"
   start=$(date +%s)
-  TMPDIR=/dev/shm ASAN_OPTIONS=detect_leaks=1 "$build/tests/fuzz/fuzz_$kind" -runs="$runs" -max_len=65536 -timeout=10 \
+  local scratch
+  scratch=$(mktemp -d /dev/shm/fuzz-long-XXXXXX)  # a tmpfs: about three times the executions of a disk
+  TMPDIR=$scratch ASAN_OPTIONS=detect_leaks=1 "$build/tests/fuzz/fuzz_$kind" -runs="$runs" -max_len=65536 -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$out/fuzz_$kind-" "$out/corpus-$kind" \
     "$src/corpus/$kind" > "$out/$kind.log" 2>&1 || status=$?
   end=$(date +%s)
+  rm -rf "$scratch"  # a finding ends the fuzzer without its own cleanup
   local execs cov findings
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$kind.log")
   cov=$(grep -o 'cov: [0-9]*' "$out/$kind.log" | tail -1 | cut -d' ' -f2)
