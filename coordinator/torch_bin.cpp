@@ -164,12 +164,7 @@ std::vector<BinTensor> decode(const std::filesystem::path& path, bool with_data)
   auto check_crc = [&](const std::string& name, const void* data, size_t size) {
     auto it = directory.find(name);
     if (it == directory.end()) corrupt(path, fmt::format("record '{}' is missing from the zip's directory", name));
-    const uint32_t crc = crc32_of(data, size);
-    if (it->second.size != size || crc != it->second.crc32) {
-      corrupt(path, fmt::format("record '{}' fails its CRC-32 check (the directory says {:08x} over {} bytes; the "
-                                "record gives {:08x} over {}): the archive is damaged",
-                                name, it->second.crc32, it->second.size, crc, size));
-    }
+    check_zip_record(path.string(), name, it->second, data, size);
     checked.insert(name);
   };
   c10::IValue root;

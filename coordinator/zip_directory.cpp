@@ -189,16 +189,21 @@ std::map<std::string, ZipRecord> read_zip_directory(const File& file) {
   return records;
 }
 
+void check_zip_record(const std::string& label, const std::string& name, const ZipRecord& record, const void* data,
+                      size_t size) {
+  const uint32_t crc = crc32_of(data, size);
+  if (record.size != size || crc != record.crc32) {
+    throw Error(ErrorCode::kCorruptCheckpoint,
+                fmt::format("'{}': record '{}' fails its CRC-32 check (the directory says {:08x} over {} bytes; the "
+                            "record gives {:08x} over {}): the archive is damaged",
+                            label, name, record.crc32, record.size, crc, size));
+  }
+}
+
 std::string read_zip_record(const File& file, const std::string& name, const ZipRecord& record) {
   std::string bytes(record.size, '\0');
   file.read_exact_at(bytes.data(), bytes.size(), record.data_offset);
-  const uint32_t crc = crc32_of(bytes.data(), bytes.size());
-  if (crc != record.crc32) {
-    throw Error(ErrorCode::kCorruptCheckpoint,
-                fmt::format("'{}': record '{}' fails its CRC-32 check (the directory says {:08x} over {} bytes; the "
-                            "record gives {:08x}): the archive is damaged",
-                            file.path().string(), name, record.crc32, record.size, crc));
-  }
+  check_zip_record(file.path().string(), name, record, bytes.data(), bytes.size());
   return bytes;
 }
 

@@ -26,7 +26,12 @@ struct ZipRecord {
 // the one top folder every torch.save record shares.
 std::map<std::string, ZipRecord> read_zip_directory(const File& file);
 
-// A record's bytes, CRC-32 checked (kCorruptCheckpoint naming the file and record when they differ).
+// Throws kCorruptCheckpoint naming `label` (the file) and the record unless `size` bytes at `data` are the record's
+// size and CRC-32.
+void check_zip_record(const std::string& label, const std::string& name, const ZipRecord& record, const void* data,
+                      size_t size);
+
+// A record's bytes, read from the file and checked as check_zip_record does.
 std::string read_zip_record(const File& file, const std::string& name, const ZipRecord& record);
 
 uint32_t crc32_of(const void* data, size_t size);

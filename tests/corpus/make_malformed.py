@@ -31,6 +31,9 @@ import zipfile
 
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
+from safetensors_digest import no_duplicates  # noqa: E402  the fixtures' strict-JSON key check
+
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
@@ -52,13 +55,6 @@ def safetensors_bytes(tensors, metadata=None, header=None):
         header += " " * (-(8 + len(header)) % 8)
     raw = header.encode() if isinstance(header, str) else header
     return struct.pack("<Q", len(raw)) + raw + b"".join(t[3] for t in tensors)
-
-
-def no_duplicates(pairs):
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("duplicate key")
-    return dict(pairs)
 
 
 def strict_json(text):
@@ -251,14 +247,15 @@ def zip_field_positions(blob):
     return positions
 
 
-def stored_zip(records, method=zipfile.ZIP_STORED, repeat=None, top="archive/"):
+def stored_zip(records, method=zipfile.ZIP_STORED, repeat=None, top="archive/", folders=None):
     """A torch.save-shaped archive of the given records (name -> bytes) with correct CRCs; `repeat` names a record
-    written a second time."""
+    written a second time, `folders` gives some records another top folder than `top`."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", method) as z, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns of a repeated name
         for name in list(records) + ([repeat] if repeat else []):
-            info = zipfile.ZipInfo(top + name, date_time=(1980, 1, 1, 0, 0, 0))  # the same bytes every run
+            folder = (folders or {}).get(name, top)
+            info = zipfile.ZipInfo(folder + name, date_time=(1980, 1, 1, 0, 0, 0))  # the same bytes every run
             z.writestr(info, records[name], compress_type=method)
     return out.getvalue()
 
@@ -554,22 +551,12 @@ def bin_cases(c, rng):
     add("rule", "zip-no-top-folder", stored_zip(records, top=""), "top folder")
     add("rule", "zip-nul-in-name", stored_zip(records, top="arcXhive/").replace(b"arcXhive/", b"arc\0hive/"),
         "cannot look up")  # zipfile cuts a name at NUL: patched in afterwards
-    add("rule", "zip-record-outside-top", two_folders(records), "outside")
+    add("rule", "zip-record-outside-top", stored_zip(records, folders={"data/0": "other/"}), "outside")
     add("rule", "version-not-a-number", stored_zip(dict(records, version=b"x\n")), "version")
     add("rule", "version-too-new", stored_zip(dict(records, version=b"99\n")), "version")
     add("rule", "version-too-long", stored_zip(dict(records, version=b"3" + b" " * 70)), "version")
     add("rule", "version-missing", stored_zip({k: v for k, v in records.items() if k != "version"}), "version")
     add("rule", "legacy-pickle", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", "")
-
-
-def two_folders(records):
-    """torch.save's records, but the storage under another top folder than the first record's."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
-        for name, data in records.items():
-            folder = "other/" if name == "data/0" else "archive/"
-            z.writestr(zipfile.ZipInfo(folder + name, date_time=(1980, 1, 1, 0, 0, 0)), data)
-    return out.getvalue()
 
 
 def main():
