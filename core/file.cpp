@@ -37,6 +37,12 @@ void File::close() noexcept {
   fd_ = -1;
 }
 
+File File::duplicate() const {
+  const int fd = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) throw_system_error("dup", path_.string(), errno);
+  return File(fd, path_);
+}
+
 File File::open_read(const std::filesystem::path& path) {
   int fd;
   do {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 
 namespace shardcast {
 
@@ -22,6 +23,10 @@ class File {
   static File open_read(const std::filesystem::path& path);
   // O_CREAT | O_EXCL: never overwrites.
   static File create_exclusive(const std::filesystem::path& path, mode_t mode = 0644);
+  // Takes ownership of an open descriptor (one received from another process); `what` names it in messages.
+  static File adopt(int fd, std::filesystem::path what) { return File(fd, std::move(what)); }
+  // A second descriptor of the same open file (close-on-exec).
+  File duplicate() const;
 
   int fd() const { return fd_; }
   const std::filesystem::path& path() const { return path_; }

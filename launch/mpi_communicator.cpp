@@ -131,15 +131,20 @@ class MpiCommunicator final : public Communicator {
       int done = 0;
       check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
       if (done) return;
+      try {
+        check_liveness(what);
+      } catch (const std::exception& e) {
+        abort_job(fmt::format("rank {} of {} stops '{}': {}", rank_, size_, what, e.what()));
+      }
       if (std::chrono::steady_clock::now() > deadline) {
-        if (!by_rank) abort_job(what, timeout, "another rank (the collective does not say which)");
+        if (!by_rank) abort_timed_out(what, timeout, "another rank (the collective does not say which)");
         std::vector<int> missing;
         for (int r = 0; r < static_cast<int>(requests.size()); ++r) {
           int arrived = 0;
           if (requests[r] != MPI_REQUEST_NULL) MPI_Test(&requests[r], &arrived, MPI_STATUS_IGNORE);
           if (requests[r] != MPI_REQUEST_NULL && !arrived) missing.push_back(r);
         }
-        abort_job(what, timeout, fmt::format("rank(s) {}", fmt::join(missing, ", ")));
+        abort_timed_out(what, timeout, fmt::format("rank(s) {}", fmt::join(missing, ", ")));
       }
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
@@ -159,15 +164,15 @@ class MpiCommunicator final : public Communicator {
     wait(requests, what, timeout + timeout / 10 + std::chrono::seconds(5));
   }
 
+  [[noreturn]] void abort_timed_out(const std::string& what, Timeout timeout, const std::string& missing) {
+    abort_job(fmt::format("rank {} of {} timed out after {} s in '{}' waiting for {} (dead or stuck)", rank_, size_,
+                          std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), what, missing));
+  }
+
   // MPI cannot cancel a started collective, and it still owns our buffers: returning would let it write into freed
-  // memory later. Say why and end the job; the next load, `shardcast gc` or shardcast-run removes leftover segments.
-  [[noreturn]] void abort_job(const std::string& what, Timeout timeout, const std::string& missing) {
-    std::fprintf(stderr,
-                 "shardcast: error: rank %d of %d timed out after %lld s in '%s' waiting for %s (dead or stuck); "
-                 "aborting the job\n",
-                 rank_, size_,
-                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()),
-                 what.c_str(), missing.c_str());
+  // memory later. Say why and end the job; segments have no names, so the job's memory goes with its processes.
+  [[noreturn]] static void abort_job(const std::string& why) {
+    std::fprintf(stderr, "shardcast: error: %s; aborting the job\n", why.c_str());
     MPI_Abort(MPI_COMM_WORLD, 3);
     std::abort();  // MPI_Abort does not return
   }

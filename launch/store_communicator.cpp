@@ -50,6 +50,9 @@ struct StoreState {
   std::string description;  // "the rendezvous store at host:port (hosted by rank 0)"
   int host_rank = -1;       // the world rank whose process serves the store; -1: the launcher or a file
   bool failed = false;
+  // Set by the first rank whose wait fails (a dead local rank, a timeout): every rank's wait polls it, so a failure
+  // seen on one node stops all nodes within a poll.
+  std::string abort_key = "sc/abort";
 };
 
 class StoreCommunicator final : public Communicator {
@@ -73,7 +76,7 @@ class StoreCommunicator final : public Communicator {
     try {
       store_->set(fmt::format("{}/checked-out/{}", prefix_, rank_), std::vector<uint8_t>{});
       // After a failure the others are failing too; linger only briefly, so they can still ask who is missing.
-      if (hosts_store_) close_store(state_->failed ? std::chrono::seconds(5) : std::chrono::seconds(30));
+      if (hosts_store_) close_store(state_->failed ? std::chrono::seconds(1) : std::chrono::seconds(30));
     } catch (const std::exception&) {
       // Closing must not throw from a destructor; the store may be gone already.
     }
@@ -87,9 +90,10 @@ class StoreCommunicator final : public Communicator {
     const std::string base = fmt::format("{}/{}", prefix_, seq_++);
     // One leading byte: LibTorch 1.13's TCPStore answers a get of an empty value only after a 200 ms stall.
     set(base + "/" + std::to_string(rank_), "v" + mine);
+    guarded(what, [&] { return store_->add(base + "/arrived", 1); });
     std::vector<std::string> keys;
     for (int r = 0; r < size_; ++r) keys.push_back(base + "/" + std::to_string(r));
-    wait(keys, identity_ranks(size_), what, timeout);
+    wait(keys, identity_ranks(size_), what, timeout, base + "/arrived");
     std::vector<std::string> values;
     for (const std::string& key : keys) {
       std::vector<uint8_t> bytes = guarded(what, [&] { return store_->get(key); });
@@ -204,17 +208,34 @@ class StoreCommunicator final : public Communicator {
     guarded("store set", [&] { store_->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
   }
 
-  // `ranks[i]`: the rank that sets keys[i] (a timeout names the ranks whose keys are missing).
+  // Polls until every key is set: by an arrival counter when `counter` is given (one request however many ranks),
+  // else by the keys themselves. Between polls (at most 50 ms apart) it checks that no rank is known dead and that no
+  // rank has aborted the job. `ranks[i]`: the rank that sets keys[i] (a timeout names the ranks whose keys are
+  // missing).
   void wait(const std::vector<std::string>& keys, const std::vector<int>& ranks, const std::string& what,
-            Timeout timeout) {
-    try {
-      store_->wait(keys, timeout);
-      return;
-    } catch (const c10::Error&) {
-      // Timed out (or, on LibTorch 2.x, the connection broke: then the checks below find the store gone): name the
-      // ranks that never arrived.
-    } catch (const std::exception& e) {
-      lost_store(what, e);
+            Timeout timeout, const std::string& counter = "") {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto pause = std::chrono::milliseconds(1);
+    for (;;) {
+      const bool arrived = guarded(what, [&] {
+        return counter.empty() ? store_->check(keys) : store_->add(counter, 0) >= static_cast<int64_t>(keys.size());
+      });
+      if (arrived) return;
+      try {
+        check_liveness(what);
+      } catch (const Error& e) {
+        abort_job(fmt::format("rank {}: {}", world_ranks_[rank_], e.what()));
+        throw;
+      }
+      if (guarded(what, [&] { return store_->check({state_->abort_key}); })) {
+        state_->failed = true;
+        const std::vector<uint8_t> why = guarded(what, [&] { return store_->get(state_->abort_key); });
+        throw Error(ErrorCode::kRemoteRankFailed, fmt::format("rank {} of {} stops '{}': the job was aborted by {}",
+                                                              rank_, size_, what, std::string(why.begin(), why.end())));
+      }
+      if (std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::milliseconds(50));
     }
     state_->failed = true;
     std::vector<std::string> missing;
@@ -224,11 +245,22 @@ class StoreCommunicator final : public Communicator {
       missing.push_back(std::to_string(ranks[i]));
       missing_world.push_back(world_ranks_[ranks[i]]);
     }
-    throw Error(ErrorCode::kTimeout,
-                fmt::format("rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}{}", rank_, size_,
-                            seconds(timeout), what, fmt::join(missing, ", "),
-                            is_world_ ? "" : fmt::format(" (world rank(s) {})", fmt::join(missing_world, ", "))),
-                std::move(missing_world));
+    const std::string message = fmt::format(
+        "rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}{}", rank_, size_, seconds(timeout), what,
+        fmt::join(missing, ", "), is_world_ ? "" : fmt::format(" (world rank(s) {})", fmt::join(missing_world, ", ")));
+    abort_job(fmt::format("rank {}: {}", world_ranks_[rank_], message));
+    throw Error(ErrorCode::kTimeout, message, std::move(missing_world));
+  }
+
+  // Tells every rank of the job to stop (the first reason stays); the store may be gone already.
+  void abort_job(const std::string& why) {
+    state_->failed = true;
+    try {
+      if (!store_->check({state_->abort_key})) {
+        store_->set(state_->abort_key, std::vector<uint8_t>(why.begin(), why.end()));
+      }
+    } catch (const std::exception&) {
+    }
   }
 
   // The host keeps the store up until every rank has read the last collective's keys and said so.

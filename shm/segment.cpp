@@ -11,9 +11,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <random>
 
 #include <fmt/format.h>
-#include <boost/interprocess/file_mapping.hpp>
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 
@@ -27,20 +27,9 @@ namespace fs = std::filesystem;
 
 struct Segment::Mapping {
   bip::mapped_region region;
-  // The creator keeps the backing file open with a shared flock for as long as it owns the name: the kernel drops the
-  // lock when the creator exits or crashes, so "nobody holds the lock" means orphaned, across PID namespaces too
-  // (containers sharing /dev/shm), where a pid says nothing.
-  int creator_lock = -1;
-  ~Mapping() {
-    if (creator_lock >= 0) ::close(creator_lock);
-  }
 };
 
 namespace {
-
-bool posix(const Location& location) {
-  return location.dir.empty();
-}
 
 bip::mode_t boost_mode(Access access) {
   switch (access) {
@@ -51,118 +40,79 @@ bip::mode_t boost_mode(Access access) {
   return bip::read_only;
 }
 
-[[noreturn]] void throw_boost(const bip::interprocess_exception& e, std::string_view call, const std::string& subject) {
-  int native = e.get_native_error();
-  if (native != 0) throw_system_error(call, subject, native);
-  throw Error(ErrorCode::kSystem, fmt::format("{}('{}') failed: {}", call, subject, e.what()));
+// What Boost maps: an open descriptor (a segment has no name to open).
+struct Descriptor {
+  int fd;
+  bip::mapping_handle_t get_mapping_handle() const {
+    bip::mapping_handle_t handle;
+    handle.handle = fd;
+    handle.is_xsi = false;
+    return handle;
+  }
+};
+
+std::unique_ptr<Segment::Mapping> map(int fd, Access access, const std::string& what) {
+  try {
+    return std::unique_ptr<Segment::Mapping>(
+        new Segment::Mapping{bip::mapped_region(Descriptor{fd}, boost_mode(access))});
+  } catch (const bip::interprocess_exception& e) {
+    if (e.get_native_error() != 0) throw_system_error("mmap", what, e.get_native_error());
+    throw Error(ErrorCode::kSystem, fmt::format("mmap('{}') failed: {}", what, e.what()));
+  }
+}
+
+uint64_t random_u64() {
+  std::random_device device;
+  return (static_cast<uint64_t>(device()) << 32) ^ device();
+}
+
+// An unnamed file in `dir`: O_TMPFILE where the filesystem has it (tmpfs, ext4, xfs, btrfs), else a random name
+// removed before a byte is allocated, so that nothing of size ever has a name.
+File create_unnamed(const fs::path& dir, const std::string& what) {
+  const std::string label = fmt::format("{} (unnamed, in {})", what, dir.string());
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0) return File::adopt(fd, label);
+  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+    throw_system_error("open(O_TMPFILE)", dir.string(), errno);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const fs::path path = dir / fmt::format("{}unnamed-{:016x}", kNamePrefix, random_u64());
+    fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) continue;
+    if (fd < 0) throw_system_error("open(O_CREAT|O_EXCL)", path.string(), errno);
+    if (::unlink(path.c_str()) != 0) {
+      const int error = errno;
+      ::close(fd);
+      throw_system_error("unlink", path.string(), error);
+    }
+    return File::adopt(fd, label);
+  }
+  throw Error(ErrorCode::kSystem, fmt::format("could not create a segment file in '{}'", dir.string()));
 }
 
 fs::path backing_path(const std::string& name, const Location& location) {
   return location.filesystem() / name;
 }
 
-// Takes the creator's shared lock on a duplicate of fd (which the caller may close).
-int hold_creator_lock(int fd, const std::string& where) {
-  int lock = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (lock < 0) throw_system_error("dup", where, errno);
-  if (::flock(lock, LOCK_SH) != 0) {
-    int err = errno;
-    ::close(lock);
-    throw_system_error("flock", where, err);
-  }
-  return lock;
-}
-
-// True when a live process created the segment and still holds it (its creator lock is taken).
+// True when a live process created the named segment and still holds it (its creator lock is taken).
 bool creator_alive(const std::string& name, const Location& location) {
-  int fd = ::open(backing_path(name, location).c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = ::open(backing_path(name, location).c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return false;
   const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
   ::close(fd);  // also releases our lock if we got it
   return held;
 }
 
-// Opens the segment's backing object (shm or file) and maps [0, size) with `access`.
-std::unique_ptr<Segment::Mapping> map_existing(const std::string& name, const Location& location, Access access,
-                                               uint64_t* size) {
-  const bool writable = access == Access::kReadWrite;
-  try {
-    if (posix(location)) {
-      bip::shared_memory_object object(bip::open_only, name.c_str(), writable ? bip::read_write : bip::read_only);
-      bip::offset_t length = 0;
-      object.get_size(length);
-      *size = static_cast<uint64_t>(length);
-      if (*size < kHeaderBytes) return nullptr;
-      return std::unique_ptr<Segment::Mapping>(new Segment::Mapping{bip::mapped_region(object, boost_mode(access))});
-    }
-    const fs::path path = location.dir / name;
-    *size = fs::file_size(path);
-    if (*size < kHeaderBytes) return nullptr;
-    bip::file_mapping file(path.c_str(), writable ? bip::read_write : bip::read_only);
-    return std::unique_ptr<Segment::Mapping>(new Segment::Mapping{bip::mapped_region(file, boost_mode(access))});
-  } catch (const bip::interprocess_exception& e) {
-    throw_boost(e, "attach segment", location.describe() + "/" + name);
-  } catch (const fs::filesystem_error& e) {
-    throw_system_error("attach segment", (location.dir / name).string(), e.code().value());
-  }
-}
-
-// Creates the backing object exclusively with mode 0600 and allocates every byte; returns an fd-less mapping.
-std::unique_ptr<Segment::Mapping> create_backing(const std::string& name, const Location& location, uint64_t size) {
-  const std::string where = location.describe() + "/" + name;
-  auto allocate = [&](int fd) {
-    int rc = posix_fallocate(fd, 0, static_cast<off_t>(size));
-    if (rc != 0) {
-      throw Error(ErrorCode::kSystem,
-                  fmt::format("allocating {} for segment '{}' failed: {} (errno {}); {} has {} free. Fix: give the "
-                              "container more shared memory (docker run --shm-size=...), or put segments on disk "
-                              "with --shm-dir DIR",
-                              format_size(size), where, std::strerror(rc), rc, location.filesystem().string(),
-                              format_size(free_bytes(location))));
-    }
-  };
-  if (posix(location)) {
-    bip::permissions permissions;
-    permissions.set_permissions(0600);
-    bip::shared_memory_object object(bip::create_only, name.c_str(), bip::read_write, permissions);
-    try {
-      const int lock = hold_creator_lock(object.get_mapping_handle().handle, where);
-      auto mapping = std::unique_ptr<Segment::Mapping>(new Segment::Mapping{{}, lock});
-      allocate(object.get_mapping_handle().handle);
-      mapping->region = bip::mapped_region(object, bip::read_write);
-      return mapping;
-    } catch (...) {
-      bip::shared_memory_object::remove(name.c_str());
-      throw;
-    }
-  }
-  const fs::path path = location.dir / name;
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) throw_system_error("open(O_CREAT|O_EXCL)", path.string(), errno);
-  try {
-    auto mapping = std::unique_ptr<Segment::Mapping>(new Segment::Mapping{{}, hold_creator_lock(fd, where)});
-    allocate(fd);
-    ::close(fd);
-    bip::file_mapping file(path.c_str(), bip::read_write);
-    mapping->region = bip::mapped_region(file, bip::read_write);
-    return mapping;
-  } catch (...) {
-    ::close(fd);
-    ::unlink(path.c_str());
-    throw;
-  }
-}
-
-// Header of an existing segment, if it has a readable one.
+// Header and size of a named segment, if it has a readable header.
 bool read_header(const std::string& name, const Location& location, SegmentHeader* out, uint64_t* size) {
-  try {
-    auto mapping = map_existing(name, location, Access::kReadOnly, size);
-    if (!mapping) return false;
-    std::memcpy(out, mapping->region.get_address(), sizeof(SegmentHeader));
-    return out->magic == kSegmentMagic;
-  } catch (const Error&) {
-    return false;
-  }
+  const fs::path path = backing_path(name, location);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  struct stat st {};
+  const bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+                  ::pread(fd, out, sizeof(*out), 0) == static_cast<ssize_t>(sizeof(*out));
+  *size = ok ? static_cast<uint64_t>(st.st_size) : 0;
+  ::close(fd);
+  return ok && out->magic == kSegmentMagic;
 }
 
 }  // namespace
@@ -171,44 +121,31 @@ std::string Location::describe() const {
   return dir.empty() ? "/dev/shm" : dir.string();
 }
 
-Segment::Segment(std::string name, Location location, std::unique_ptr<Mapping> mapping, bool owns_name)
-    : name_(std::move(name)), location_(std::move(location)), mapping_(std::move(mapping)), owns_name_(owns_name) {
+Segment::Segment(std::string what, File file, std::unique_ptr<Mapping> mapping)
+    : what_(std::move(what)), file_(std::move(file)), mapping_(std::move(mapping)) {
   base_ = static_cast<uint8_t*>(mapping_->region.get_address());
   data_size_ = mapping_->region.get_size() - kHeaderBytes;
 }
 
 Segment::~Segment() {
   unwatch_read_only(base_);  // before the mapping goes
-  if (owns_name_) {
-    try {
-      unlink(name_, location_);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "shardcast: warning: could not remove segment '%s': %s\n", name_.c_str(), e.what());
-    }
-  }
 }
 
-std::shared_ptr<Segment> Segment::create(const std::string& name, uint64_t data_size, uint64_t layout_hash,
+std::shared_ptr<Segment> Segment::create(const std::string& what, uint64_t data_size, uint64_t layout_hash,
                                          const Location& location) {
-  if (fs::exists(backing_path(name, location))) {
-    if (creator_alive(name, location)) {
-      SegmentHeader existing{};
-      uint64_t size = 0;
-      read_header(name, location, &existing, &size);
-      throw Error(ErrorCode::kInvalidArgument,
-                  fmt::format("segment '{}/{}' already exists and its creator (pid {}) is alive: is another job using "
-                              "the same job id?",
-                              location.describe(), name, existing.creator_pid));
-    }
-    unlink(name, location);  // an orphan of a crashed run
+  File file = create_unnamed(location.filesystem(), what);
+  const uint64_t size = kHeaderBytes + data_size;
+  const int rc = posix_fallocate(file.fd(), 0, static_cast<off_t>(size));
+  if (rc != 0) {
+    throw Error(ErrorCode::kSystem,
+                fmt::format("allocating {} for {} in {} failed: {} (errno {}); it has {} free. Fix: give the "
+                            "container more shared memory (docker run --shm-size=...), or put segments on disk "
+                            "with --shm-dir DIR",
+                            format_size(size), what, location.describe(), std::strerror(rc), rc,
+                            format_size(free_bytes(location))));
   }
-  std::unique_ptr<Mapping> mapping;
-  try {
-    mapping = create_backing(name, location, kHeaderBytes + data_size);
-  } catch (const bip::interprocess_exception& e) {
-    throw_boost(e, "create segment", location.describe() + "/" + name);
-  }
-  auto segment = std::shared_ptr<Segment>(new Segment(name, location, std::move(mapping), /*owns_name=*/true));
+  auto mapping = map(file.fd(), Access::kReadWrite, what);
+  auto segment = std::shared_ptr<Segment>(new Segment(what, std::move(file), std::move(mapping)));
   SegmentHeader& h = segment->header();
   std::memset(&h, 0, sizeof(h));
   h.magic = kSegmentMagic;
@@ -221,35 +158,35 @@ std::shared_ptr<Segment> Segment::create(const std::string& name, uint64_t data_
   return segment;
 }
 
-std::shared_ptr<Segment> Segment::attach(const std::string& name, uint64_t layout_hash, Access access,
-                                         const Location& location) {
-  uint64_t size = 0;
-  auto mapping = map_existing(name, location, access, &size);
-  const std::string where = location.describe() + "/" + name;
-  if (!mapping)
-    throw Error(ErrorCode::kSystem, fmt::format("segment '{}' is {} bytes, smaller than its header", where, size));
-  auto segment = std::shared_ptr<Segment>(new Segment(name, location, std::move(mapping), /*owns_name=*/false));
+std::shared_ptr<Segment> Segment::attach(File fd, uint64_t layout_hash, Access access, const std::string& what) {
+  struct stat st {};
+  if (::fstat(fd.fd(), &st) != 0) throw_system_error("fstat", what, errno);
+  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < kHeaderBytes) {
+    throw Error(ErrorCode::kSystem,
+                fmt::format("{} is {} bytes, smaller than its header", what, static_cast<uint64_t>(st.st_size)));
+  }
+  auto mapping = map(fd.fd(), access, what);
+  auto segment = std::shared_ptr<Segment>(new Segment(what, std::move(fd), std::move(mapping)));
   const SegmentHeader& h = segment->header();
   if (h.magic != kSegmentMagic || h.version != kSegmentVersion || h.header_size != kHeaderBytes) {
-    throw Error(ErrorCode::kSystem, fmt::format("segment '{}' is not a shardcast segment of version {} (magic {:#x}, "
-                                                "version {})",
-                                                where, kSegmentVersion, h.magic, h.version));
+    throw Error(ErrorCode::kSystem, fmt::format("{} is not a shardcast segment of version {} (magic {:#x}, version {})",
+                                                what, kSegmentVersion, h.magic, h.version));
   }
   if (h.data_size != segment->data_size()) {
-    throw Error(ErrorCode::kSystem, fmt::format("segment '{}' header says {} data bytes but {} are mapped", where,
-                                                h.data_size, segment->data_size()));
+    throw Error(ErrorCode::kSystem, fmt::format("{}: header says {} data bytes but {} are mapped", what, h.data_size,
+                                                segment->data_size()));
   }
   if (h.layout_hash != layout_hash) {
-    throw Error(ErrorCode::kSystem, fmt::format("segment '{}' holds layout {:#x}, this rank planned {:#x}: ranks "
-                                                "disagree about the checkpoint or options",
-                                                where, h.layout_hash, layout_hash));
+    throw Error(ErrorCode::kSystem, fmt::format("{} holds layout {:#x}, this rank planned {:#x}: ranks disagree about "
+                                                "the checkpoint or options",
+                                                what, h.layout_hash, layout_hash));
   }
-  if (access == Access::kReadOnly) watch_read_only(segment->base_, segment->data_size_ + kHeaderBytes, name);
+  if (access == Access::kReadOnly) watch_read_only(segment->base_, segment->data_size_ + kHeaderBytes, what);
   return segment;
 }
 
-void Segment::unlink(const std::string& name, const Location& location) {
-  if (posix(location)) {
+void unlink_named(const std::string& name, const Location& location) {
+  if (location.dir.empty()) {
     bip::shared_memory_object::remove(name.c_str());
     return;
   }
@@ -264,12 +201,6 @@ SegmentState Segment::state() const {
 
 void Segment::set_state(SegmentState state) {
   __atomic_store_n(&header().state, static_cast<uint32_t>(state), __ATOMIC_RELEASE);
-}
-
-void Segment::release_name() {
-  if (!owns_name_) return;
-  unlink(name_, location_);
-  owns_name_ = false;
 }
 
 uint64_t free_bytes(const Location& location) {
@@ -314,7 +245,7 @@ std::vector<Orphan> find_orphans(const Location& location) {
 
 std::vector<Orphan> remove_orphans(const Location& location) {
   std::vector<Orphan> removed = find_orphans(location);
-  for (const Orphan& o : removed) Segment::unlink(o.name, location);
+  for (const Orphan& o : removed) unlink_named(o.name, location);
   return removed;
 }
 

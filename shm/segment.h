@@ -1,5 +1,7 @@
-// Named node-shared memory segments: created by one process (the node leader), attached by the others.
-// POSIX shared memory (/dev/shm) by default, or files in a directory on hosts with a small /dev/shm.
+// Node-shared memory segments that never carry a name: the node leader creates each one as an unnamed file
+// (O_TMPFILE) in /dev/shm (or in a directory, on hosts with a small /dev/shm), and local ranks receive its descriptor
+// over the node link (node_link.h). The memory is freed when the last process holding a descriptor or a mapping exits,
+// however it exits: nothing can be left behind for `shardcast gc`.
 #pragma once
 
 #include <cstdint>
@@ -8,9 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "core/file.h"
+
 namespace shardcast::shm {
 
-inline constexpr char kNamePrefix[] = "shardcast-";
+inline constexpr char kNamePrefix[] = "shardcast-";  // of named segments (orphans below)
 
 // Where segments live. An empty dir means POSIX shared memory (shm_open, /dev/shm on Linux).
 struct Location {
@@ -26,7 +30,7 @@ enum class Access {
   kCopyOnWrite,  // private mapping: a rank's writes stay in that rank
 };
 
-// Informational (shown by `shardcast gc`): ranks synchronise through the communicator, not by polling this.
+// Informational: ranks synchronise through the communicator, not by polling this.
 enum class SegmentState : uint32_t { kFilling = 1, kReady = 2 };
 
 // The first page of every segment. Trivially copyable and checked on attach, as tensorpipe's ShmSegment.
@@ -42,28 +46,24 @@ struct SegmentHeader {
 static_assert(sizeof(SegmentHeader) <= 4096, "the header must fit the first page");
 
 inline constexpr uint64_t kSegmentMagic = 0x5453414344524853ull;  // "SHRDCAST" little-endian
-inline constexpr uint32_t kSegmentVersion = 1;
-inline constexpr uint64_t kHeaderBytes = 4096;  // data starts page-aligned
+inline constexpr uint32_t kSegmentVersion = 2;                    // 2: unnamed, shared by descriptor
+inline constexpr uint64_t kHeaderBytes = 4096;                    // data starts page-aligned
 
 class Segment {
  public:
-  // Creates `name` with mode 0600 and header + data_size bytes, all allocated now (so a full filesystem fails here,
-  // not as SIGBUS later). The creator holds a shared flock on it while it owns the name. An existing segment of that
-  // name whose creator lock is free (the creator is gone) is removed first; a held one is an error. The name is
-  // unlinked again by the destructor unless release_name() ran.
-  static std::shared_ptr<Segment> create(const std::string& name, uint64_t data_size, uint64_t layout_hash,
+  // Creates an unnamed segment of header + data_size bytes, mode 0600, every byte allocated now (so a full
+  // filesystem fails here, not as SIGBUS later). `what` names it in messages and in write faults.
+  static std::shared_ptr<Segment> create(const std::string& what, uint64_t data_size, uint64_t layout_hash,
                                          const Location& location);
-  // Maps an existing segment; checks magic, version, size and layout_hash.
-  static std::shared_ptr<Segment> attach(const std::string& name, uint64_t layout_hash, Access access,
-                                         const Location& location);
-  // Removes the name (idempotent). Existing mappings stay valid; memory is freed at the last unmap.
-  static void unlink(const std::string& name, const Location& location);
+  // Maps the segment behind `fd` (from another process's create()); checks magic, version, size and layout_hash.
+  static std::shared_ptr<Segment> attach(File fd, uint64_t layout_hash, Access access, const std::string& what);
 
   ~Segment();
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
 
-  const std::string& name() const { return name_; }
+  const std::string& what() const { return what_; }
+  File descriptor() const { return file_.duplicate(); }  // to hand to local ranks and map again
   uint8_t* data() const { return base_ + kHeaderBytes; }
   uint64_t data_size() const { return data_size_; }
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
@@ -71,20 +71,16 @@ class Segment {
   SegmentState state() const;
   void set_state(SegmentState state);
 
-  // The creator gives up the name once every rank has attached; the destructor then leaves it alone.
-  void release_name();
-
   struct Mapping;  // the Boost mapping, defined in segment.cpp
 
  private:
-  Segment(std::string name, Location location, std::unique_ptr<Mapping> mapping, bool owns_name);
+  Segment(std::string what, File file, std::unique_ptr<Mapping> mapping);
 
-  std::string name_;
-  Location location_;
+  std::string what_;
+  File file_;
   std::unique_ptr<Mapping> mapping_;
   uint8_t* base_ = nullptr;
   uint64_t data_size_ = 0;
-  bool owns_name_ = false;
 };
 
 // Bytes free for new segments at `location` (statvfs f_bavail).
@@ -93,8 +89,9 @@ uint64_t free_bytes(const Location& location);
 // Throws kSystem before anything is allocated when `needed` bytes do not fit, with both numbers and the fixes.
 void check_free_space(const Location& location, uint64_t needed, const std::string& what);
 
-// Segments named with kNamePrefix whose creator lock nobody holds (the creating process is gone, whatever its PID
-// namespace): what `shardcast gc` and a new run remove.
+// Named segments: earlier versions named their segments "shardcast-*" while staging, and a job killed then left
+// them behind. Those whose creator lock nobody holds (the creating process is gone, whatever its PID namespace) are
+// what `shardcast gc` and shardcast-run remove.
 struct Orphan {
   std::string name;
   int creator_pid = 0;
@@ -103,5 +100,6 @@ struct Orphan {
 };
 std::vector<Orphan> find_orphans(const Location& location);
 std::vector<Orphan> remove_orphans(const Location& location);
+void unlink_named(const std::string& name, const Location& location);
 
 }  // namespace shardcast::shm

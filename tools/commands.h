@@ -16,5 +16,6 @@ void add_synth(CLI::App& app);
 void add_info(CLI::App& app);
 void add_load(CLI::App& app);
 void add_gc(CLI::App& app);
+void add_doctor(CLI::App& app);
 
 }  // namespace shardcast::cli

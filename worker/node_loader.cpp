@@ -22,6 +22,10 @@ constexpr uint64_t kExchangeChunk = 64ull << 20;
 
 }  // namespace
 
+uint64_t descriptor_tag(int load_id, uint64_t batch) {
+  return static_cast<uint64_t>(load_id) << 32 | batch;
+}
+
 std::string_view placement_name(Placement placement) {
   switch (placement) {
     case Placement::kShared: return "shared";
@@ -57,9 +61,43 @@ Transport parse_transport(const std::string& name) {
   throw Error(ErrorCode::kInvalidArgument, fmt::format("transport '{}' is not one of auto, h2d, nccl, scatter", name));
 }
 
-std::string NodeLoader::segment_name(int load_id, const std::string& what) const {
+std::string NodeLoader::describe_segment(int load_id, const std::string& what) const {
   const Topology& t = group_.topology;
-  return fmt::format("{}{}-n{}-l{}-{}", shm::kNamePrefix, t.job_id, t.node, load_id, what);
+  return fmt::format("segment {} of load {} on node {} (job '{}')", what, load_id, t.node, t.job_id);
+}
+
+NodeLoader::~NodeLoader() {
+  // The waits must not call into the link after it is gone.
+  for (Communicator* c : {group_.world.get(), group_.node.get(), group_.leaders.get()}) {
+    if (c) c->set_liveness_check({});
+  }
+}
+
+void NodeLoader::link_node(Timeout timeout) {
+  const Topology& t = group_.topology;
+  if (link_ || t.local_size == 1) return;
+  std::unique_ptr<Error> own;
+  std::string mine;
+  if (t.is_node_leader()) {
+    mine = attempt([&] { link_ = shm::NodeLink::listen(t.rank); }, &own);
+    mine = own ? "E" + mine : fmt::format("O{} {}", t.rank, link_->address());
+  }
+  const std::string leader = group_.node->all_gather(mine, "node link", timeout)[0];
+  if (own) throw *own;
+  if (leader.empty() || leader[0] != 'O') {
+    throw Error(ErrorCode::kRemoteRankFailed,
+                fmt::format("the leader of node {} could not open the node link: {}", t.node, leader.substr(1)));
+  }
+  if (t.is_node_leader()) {
+    link_->accept(t.local_size, timeout);
+  } else {
+    const size_t space = leader.find(' ');
+    link_ = shm::NodeLink::connect(leader.substr(space + 1), std::stoi(leader.substr(1, space - 1)), t.local_rank,
+                                   t.rank, timeout);
+  }
+  for (Communicator* c : {group_.world.get(), group_.node.get(), group_.leaders.get()}) {
+    if (c) c->set_liveness_check([link = link_.get()](const std::string& what) { link->check_alive(what); });
+  }
 }
 
 void NodeLoader::agree(const std::string& step, const std::string& my_error, Timeout timeout) {
@@ -93,6 +131,8 @@ LoadStats NodeLoader::load(const std::filesystem::path& checkpoint, const NodeLo
 // 1. Rank 0 reads the index and headers once; everyone gets the catalog.
 void NodeLoader::open(const std::filesystem::path& checkpoint, Timeout timeout) {
   const Topology& topo = group_.topology;
+  link_node(timeout);
+  detail::kill_point("catalog", topo.rank);
   std::unique_ptr<Error> own;
   std::string wire;
   if (topo.rank == 0) {
@@ -140,7 +180,7 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
   phase("plan", start);
 
   const int load_id = load_count_++;
-  auto segment_name = [&](size_t index) { return this->segment_name(load_id, fmt::format("s{}", index)); };
+  auto describe = [&](size_t index) { return describe_segment(load_id, fmt::format("s{}", index)); };
   const shm::Access access =
       options.placement == Placement::kCopyOnWrite ? shm::Access::kCopyOnWrite : shm::Access::kReadOnly;
 
@@ -153,6 +193,7 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
   for (size_t b = 0; b < plan.batches.size(); ++b) {
     const std::vector<size_t>& batch = plan.batches[b];
     auto step = [&](const char* name) {
+      detail::kill_point(name, topo.rank);
       if (options.on_step) options.on_step(name, b, plan.batches.size());
     };
     // While the batch stages, this rank sees only its own reads: scale them by its share of the batch.
@@ -168,9 +209,11 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
       mine_done += bytes;
       report_bytes(bytes_done + static_cast<uint64_t>(static_cast<double>(batch_bytes) * mine_done / my_share));
     };
-    // 3. The leader checks room and creates the batch's segments, fully allocated.
+    // 3. The leader checks room, creates the batch's segments (unnamed, fully allocated) and hands them to the local
+    // ranks over the node link.
     start = Clock::now();
     std::vector<std::shared_ptr<shm::Segment>> created(plan.segments.size());
+    std::vector<File> descriptors(plan.segments.size());
     check("create segments",
           attempt(
               [&] {
@@ -180,10 +223,14 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                 uint64_t bytes = 0;
                 for (size_t i : batch) bytes += shm::kHeaderBytes + plan.segments[i].size;
                 shm::check_free_space(options.location, bytes, fmt::format("checkpoint '{}'", checkpoint.string()));
+                std::vector<int> shared;
                 for (size_t i : batch) {
                   created[i] =
-                      shm::Segment::create(segment_name(i), plan.segments[i].size, plan.layout_hash, options.location);
+                      shm::Segment::create(describe(i), plan.segments[i].size, plan.layout_hash, options.location);
+                  descriptors[i] = created[i]->descriptor();
+                  shared.push_back(descriptors[i].fd());
                 }
+                if (link_) link_->send(shared, descriptor_tag(load_id, b));
               },
               &own));
     create_s += seconds_since(start);
@@ -193,12 +240,17 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     check("stage", attempt(
                        [&] {
                          step("stage");
+                         if (!topo.is_node_leader()) {
+                           std::vector<File> received = link_->receive(batch.size(), descriptor_tag(load_id, b),
+                                                                       timeout, fmt::format("batch {}", b + 1));
+                           for (size_t k = 0; k < batch.size(); ++k) descriptors[batch[k]] = std::move(received[k]);
+                         }
                          std::vector<std::shared_ptr<shm::Segment>> writable(plan.segments.size());
                          std::vector<uint8_t*> data(plan.segments.size(), nullptr);
                          for (size_t i : batch) {
                            writable[i] = created[i] ? created[i]
-                                                    : shm::Segment::attach(segment_name(i), plan.layout_hash,
-                                                                           shm::Access::kReadWrite, options.location);
+                                                    : shm::Segment::attach(descriptors[i].duplicate(), plan.layout_hash,
+                                                                           shm::Access::kReadWrite, describe(i));
                            data[i] = writable[i]->data();
                          }
                          StageStats s =
@@ -231,7 +283,8 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
       exchange_s += seconds_since(start);
     }
 
-    // 5. The leader marks the segments ready; every rank maps them for its placement; then the names go away.
+    // 5. The leader marks the segments ready; every rank maps them for its placement. The leader's writable mappings
+    // and every descriptor go: the placement's mappings alone hold the memory, and it goes with the last of them.
     start = Clock::now();
     std::vector<LoadedTensor> tensors;
     check("attach", attempt(
@@ -242,7 +295,7 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                           }
                           for (size_t i : batch) {
                             auto mapping =
-                                shm::Segment::attach(segment_name(i), plan.layout_hash, access, options.location);
+                                shm::Segment::attach(std::move(descriptors[i]), plan.layout_hash, access, describe(i));
                             for (const PlannedTensor& p : plan.segments[i].tensors) {
                               tensors.push_back({&catalog_.tensors[p.catalog_index], p.dtype,
                                                  mapping->data() + p.offset, p.nbytes, mapping});
@@ -250,14 +303,6 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                           }
                         },
                         &own));
-    // Everyone has attached: unlink now, so a crash from here on leaves nothing in /dev/shm.
-    check("release", attempt(
-                         [&] {
-                           for (size_t i : batch) {
-                             if (created[i]) created[i]->release_name();
-                           }
-                         },
-                         &own));
     created.clear();
     attach_s += seconds_since(start);
 

@@ -1,5 +1,5 @@
-// The rank side of one load: rank 0 reads the catalog, every node stages its segments once (the leader creates them,
-// the local ranks fill them), every rank maps them, and the leader unlinks the names once all have attached.
+// The rank side of one load: rank 0 reads the catalog, every node stages its segments once (the leader creates them
+// unnamed and hands them to the local ranks over the node link, the local ranks fill them), and every rank maps them.
 // Torch-free: the torch bridge turns the LoadedTensors into torch::Tensor.
 #pragma once
 
@@ -15,6 +15,7 @@
 #include "coordinator/plan.h"
 #include "coordinator/tensor_parallel.h"
 #include "launch/topology.h"
+#include "shm/node_link.h"
 #include "shm/segment.h"
 #include "worker/device.h"
 
@@ -98,9 +99,13 @@ struct LoadStats {
   uint64_t rank_bytes_received = 0;          // bytes this rank's GPU received over NCCL
 };
 
+// Which load and batch a segment descriptor belongs to, on the node link (the ring: batch 0xffffffff).
+uint64_t descriptor_tag(int load_id, uint64_t batch);
+
 class NodeLoader {
  public:
   explicit NodeLoader(Group& group) : group_(group) {}
+  ~NodeLoader();
 
   // Loads `checkpoint`. consume() runs once per batch while the batch's segments are mapped (for kPrivate it must
   // copy; for shared/cow the tensors keep their mapping alive through LoadedTensor::mapping).
@@ -122,9 +127,12 @@ class NodeLoader {
   void agree(const std::string& step, const std::string& my_error, Timeout timeout);
 
  private:
-  std::string segment_name(int load_id, const std::string& what) const;
+  // Links the node's ranks on first use (shm/node_link.h) and makes every wait watch the link.
+  void link_node(Timeout timeout);
+  std::string describe_segment(int load_id, const std::string& what) const;
 
   Group& group_;
+  std::unique_ptr<shm::NodeLink> link_;
   Catalog catalog_;
   int load_count_ = 0;
 };

@@ -25,7 +25,9 @@ using detail::attempt;
 using detail::Clock;
 using detail::seconds_since;
 
-constexpr int kRoot = 0;  // reads (on node 0) and sends every chunk under nccl and scatter
+constexpr int kRoot = 0;
+constexpr uint64_t kRingBatch = 0xffffffff;  // the ring's descriptor tag on the node link  // reads (on node 0) and
+                                             // sends every chunk under nccl and scatter
 
 }  // namespace
 
@@ -122,41 +124,41 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
                                   &own));
   stats.phases.push_back({"plan+allocate", seconds_since(start)});
 
-  // The ring: one node-shared segment of S buffers, created by the node leader and pinned by the ranks that copy from
-  // it; its name goes once everyone has attached.
+  // The ring: one node-shared segment of S buffers, created by the node leader, handed to the local ranks over the
+  // node link and pinned by the ranks that copy from it.
   start = Clock::now();
   const int load_id = load_count_++;
-  const std::string ring_name = segment_name(load_id, "ring");
+  const std::string ring_name = describe_segment(load_id, "ring");
   const uint64_t ring_bytes = static_cast<uint64_t>(ring.slots) * slot_size;
   std::shared_ptr<shm::Segment> ring_segment;
   check("create ring",
         attempt(
             [&] {
+              detail::kill_point("ring", topo.rank);
               if (!ring_here || !topo.is_node_leader()) return;
               if (load_id == 0) shm::remove_orphans(options.location);
               shm::check_free_space(options.location, shm::kHeaderBytes + ring_bytes,
                                     fmt::format("the GPU ring ({} x {})", ring.slots, format_size(slot_size)));
               ring_segment = shm::Segment::create(ring_name, ring_bytes, plan.layout_hash, options.location);
+              const File shared = ring_segment->descriptor();
+              if (link_) link_->send({shared.fd()}, descriptor_tag(load_id, kRingBatch));
             },
             &own));
   std::optional<PinnedHost> pinned;
-  check("attach ring", attempt(
-                           [&] {
-                             if (!ring_here) return;
-                             if (!ring_segment) {
-                               ring_segment = shm::Segment::attach(ring_name, plan.layout_hash, shm::Access::kReadWrite,
-                                                                   options.location);
-                             }
-                             if (copies_from_ring) {
-                               pinned.emplace(device, ring_segment->data(), ring_bytes, /*read_only=*/false);
-                             }
-                           },
-                           &own));
-  check("release ring", attempt(
-                            [&] {
-                              if (ring_segment && topo.is_node_leader()) ring_segment->release_name();
-                            },
-                            &own));
+  check("attach ring",
+        attempt(
+            [&] {
+              if (!ring_here) return;
+              if (!ring_segment) {
+                ring_segment = shm::Segment::attach(
+                    std::move(link_->receive(1, descriptor_tag(load_id, kRingBatch), timeout, ring_name)[0]),
+                    plan.layout_hash, shm::Access::kReadWrite, ring_name);
+              }
+              if (copies_from_ring) {
+                pinned.emplace(device, ring_segment->data(), ring_bytes, /*read_only=*/false);
+              }
+            },
+            &own));
   if (ring_here) stats.ring_bytes = stats.node_bytes_staged = ring_bytes;
   stats.phases.push_back({"ring", seconds_since(start)});
 
@@ -278,6 +280,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
     check(fmt::format("stream chunk {}/{}", k + 1, steps),
           attempt(
               [&] {
+                detail::kill_point("stream", topo.rank);
                 if (options.on_step) options.on_step("stream", k, steps);
                 if (h2d) {
                   stats.rank_bytes_to_device += to_mine(k, slot(k), Lane::kCopy, "h2d");

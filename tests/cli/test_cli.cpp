@@ -1,6 +1,10 @@
 // The shardcast binary as a user runs it: exit codes (0 sound, 1 problem, 2 usage), messages, never a signal.
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
+
+#include <cerrno>
+#include <cstring>
 #include <regex>
 #include <sstream>
 
@@ -367,6 +371,42 @@ TEST(Cli, PlacementCudaWithoutAGpuSaysWhyAndTheStandInLoadsBitExact) {
   r = run_cli({"load", ckpt, "--placement", "cuda", "--device-stand-in", "--ring", "2by1MB"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_CONTAINS(r.err, "--ring: '2by1MB' is not SLOTSxSIZE");
+}
+
+// `doctor` checks the host; with a checkpoint, whether its node copy fits; each problem comes with its fix.
+TEST(Cli, DoctorNamesWhatWouldFailAndTheFix) {
+  auto report = nlohmann::json::parse(ok({"doctor", "--json"}).out);
+  std::vector<std::string> names;
+  for (const auto& check : report["checks"]) {
+    names.push_back(check["check"]);
+    EXPECT_TRUE(check["status"] == "ok" || check["status"] == "warn") << check.dump();
+    EXPECT_EQ(check["status"] == "ok", check["fix"] == "") << check.dump();
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"launcher", "shared memory", "memory", "cgroup memory", "locked memory",
+                                             "segments", "node link", "left segments"}));
+  EXPECT_EQ(report["failures"], 0);
+
+  TempDir dir;
+  const std::string ckpt = (dir / "ckpt").string();
+  ok({"synth", ckpt, "--size", "4MB", "--dtypes", "torch"});
+  // A named segment of a dead job (as earlier versions left) is found, and gc is the fix.
+  fs::create_directories(dir / "segments");
+  testing::write_file(dir / "segments" / "shardcast-old-job-n0-l0-s0", std::string(8192, 'x'));
+  CommandResult r = ok({"doctor", ckpt, "--shm-dir", (dir / "segments").string()});
+  EXPECT_CONTAINS(r.out, "warn  left segments  1 named segment(s) of dead jobs hold 8.19 kB");
+  EXPECT_CONTAINS(r.out, "fix: shardcast gc");
+
+  fs::create_directories(dir / "tiny");
+  if (mount("tmpfs", (dir / "tiny").c_str(), "tmpfs", 0, "size=1m") != 0) {
+    GTEST_SKIP() << "cannot mount a 1 MB tmpfs here (needs root): " << std::strerror(errno);
+  }
+  r = run_cli({"doctor", ckpt, "--shm-dir", (dir / "tiny").string()});
+  umount2((dir / "tiny").c_str(), MNT_DETACH);
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_CONTAINS(r.out, "fail  shared memory  " + (dir / "tiny").string() +
+                             " has 1.05 MB free; the checkpoint's node "
+                             "copy needs 4.00 MB");
+  EXPECT_CONTAINS(r.out, "fix: give the container more (docker run --shm-size=...)");
 }
 
 // `info` names the communicators this build has; a build without MPI refuses a rank that mpirun started rather than

@@ -2,7 +2,9 @@
 # Loads under a real one-node SLURM cluster (scripts/slurm-cluster): 4 tasks of `srun --mpi=pmix` on one node and on
 # 2 virtual nodes, `mpirun` inside an sbatch allocation, and the example launch/slurm/train.sbatch. Each run: every
 # rank's digests equal `shardcast digest`, the reports show 4 ranks and the right node count, the job read each byte
-# from storage once, and /dev/shm keeps none of its segments. Afterwards no process of the cluster is left.
+# from storage once, and /dev/shm keeps none of its segments. The node epilog (launch/slurm/epilog.sh) removes a
+# planted orphan segment when a job ends, and the kill matrix runs under srun (tests/launch/kill_matrix.sh).
+# Afterwards no process of the cluster is left.
 #
 #   tests/launch/test_slurm.sh SHARDCAST_BINARY SOURCE_DIR     (CTest passes both; exit 77 = skipped)
 set -euo pipefail
@@ -56,7 +58,10 @@ json_field() { sed -n "s/^ *\"$2\": \([0-9]*\),\?$/\1/p" "$1"; }
 
 start_s=$SECONDS
 # 4 CPUs and 4 fake GPUs whatever the machine has, for the example's --ntasks-per-node and --gpus-per-task.
-"$source_dir/scripts/slurm-cluster" start "$cluster" --cpus $ranks --gpus $ranks
+# The shipped epilog, told where this build's shardcast is (slurmd runs it with its own environment).
+printf '#!/bin/sh\nSHARDCAST=%s exec %s\n' "$shardcast" "$source_dir/launch/slurm/epilog.sh" >"$work/epilog"
+chmod 755 "$work/epilog"
+"$source_dir/scripts/slurm-cluster" start "$cluster" --cpus $ranks --gpus $ranks --epilog "$work/epilog"
 daemon_pids=$(cat "$cluster/munge/munged.pid" "$cluster/run/slurmctld.pid" "$cluster/run/slurmd.pid")
 echo "== cluster up in $((SECONDS - start_s)) s (daemon pids: ${daemon_pids//$'\n'/ })"
 
@@ -84,8 +89,8 @@ check() {
   if [ $total -lt "$tensor_bytes" ] || [ $((total * 10)) -ge $((file_bytes * 11)) ]; then
     fail "$name: the job read $total bytes from storage; want >= $tensor_bytes (tensors), < 110% of $file_bytes (files)"
   fi
-  # The job's segments are named shardcast-<job id>-...: look for those only, as other loads on this machine (outside
-  # CTest's dev_shm lock) may have theirs open right now.
+  # Segments have no names (earlier versions named them shardcast-<job id>-...): none of this job's may appear. The
+  # kill matrix below also checks that no memory stays held.
   for job in $(sed -n 's/^ *"job_id": "\(.*\)",$/\1/p' "$out"/report*.json 2>/dev/null | sort -u); do
     left=(/dev/shm/shardcast-"$job"-*)
     [ ! -e "${left[0]}" ] || fail "$name: left in /dev/shm: ${left[*]}"
@@ -107,9 +112,19 @@ load() {
 # --timeout does not reach.
 srun=(srun -n "$ranks" --mpi=pmix --overcommit --kill-on-bad-exit=1)
 
+# A named segment of a dead job (as earlier versions left): the epilog of the next job removes it.
+planted=/dev/shm/shardcast-epilog-probe-$$
+head -c 8192 /dev/zero >"$planted"
 t=$SECONDS
 load "$work/srun" slurm timeout 60 "${srun[@]}" || fail "srun --mpi=pmix: exit status $?"
 check "srun -n $ranks --mpi=pmix ($((SECONDS - t)) s)" "$work/srun" 1
+for ((i = 0; i < 100; i++)); do [ -e "$planted" ] && sleep 0.2; done
+if [ -e "$planted" ]; then
+  fail "the epilog did not remove the orphan $planted within 20 s of the job's end"
+  rm -f "$planted"
+else
+  echo "== epilog: the orphan segment planted before the job is gone"
+fi
 
 t=$SECONDS
 SHARDCAST_RANKS_PER_NODE=2 load "$work/srun2" slurm timeout 60 "${srun[@]}" ||
@@ -153,6 +168,12 @@ SHARDCAST=$shardcast batch "launch/slurm/train.sbatch" --chdir="$work/train" --n
 mv "$work/train"/shardcast-*/report*.json "$work/train/" 2>/dev/null || true
 check "launch/slurm/train.sbatch ($((SECONDS - t)) s)" "$work/train" 1
 
+# A rank SIGKILLed at each phase of a load under srun: the survivors stop in seconds naming it, nothing is left.
+t=$SECONDS
+slurm env KILL_MATRIX_OUT="$work/kill-matrix.jsonl" "$source_dir/tests/launch/kill_matrix.sh" "$shardcast" \
+  "$(dirname "$shardcast")/shardcast-run" srun || fail "the kill matrix under srun (above)"
+echo "== kill matrix under srun ($((SECONDS - t)) s)"
+
 t=$SECONDS
 "$source_dir/scripts/slurm-cluster" stop "$cluster"
 for pid in $daemon_pids; do
@@ -166,4 +187,5 @@ echo "== cluster stopped in $((SECONDS - t)) s"
 if [ $failed -ne 0 ]; then
   exit 1
 fi
-echo "PASS: srun --mpi=pmix (1 and 2 nodes), sbatch + mpirun and train.sbatch loads are bit-exact, each byte read once"
+echo "PASS: srun --mpi=pmix (1 and 2 nodes), sbatch + mpirun and train.sbatch loads are bit-exact, each byte read once;"
+echo "      the epilog removed an orphan; under srun every killed rank stopped the others and left nothing"

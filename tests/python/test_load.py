@@ -3,6 +3,7 @@ that keep their mapping alive, and errors as the right exception naming the file
 
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,10 @@ HOST_PLACEMENTS = ["shared", "cow", "private"]
 
 
 def mapped_segments():
+    # A segment is an unnamed file in /dev/shm: the kernel shows "/dev/shm/#<inode> (deleted)" (O_TMPFILE), or the
+    # random name it had for a moment where O_TMPFILE is missing.
     with open("/proc/self/maps") as f:
-        return [line for line in f if "shardcast-" in line]
+        return [line for line in f if re.search(r"/dev/shm/(#\d+|shardcast-\S+) \(deleted\)$", line)]
 
 
 @pytest.mark.parametrize("placement", HOST_PLACEMENTS)
