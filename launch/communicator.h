@@ -39,12 +39,11 @@ class Communicator {
   // What identifies this rank's node: ranks with equal keys share memory. Default: the host name.
   virtual std::string node_key(Timeout timeout);
 
-  // Runs between the slices of every wait (at least every 100 ms) and throws when a rank of the job is known to be
-  // dead, so survivors stop in seconds instead of at the timeout (worker/ installs the node link's check). The store
-  // tells the other nodes through an abort key; MPI, which cannot abandon a started collective, aborts the job.
+  // Runs between the polls of every collective's wait (at least every 50 ms) and throws when a rank of the job is known
+  // to be dead, so survivors stop in seconds instead of at the timeout (worker/ installs the node link's check). The
+  // store tells the other nodes through an abort key; MPI, which cannot abandon a started collective, aborts the job.
   void set_liveness_check(std::function<void(const std::string& what)> check) { liveness_check_ = std::move(check); }
-
- protected:
+  // Throws as above; for other waits on the job's ranks (the GPU's NCCL collectives).
   void check_liveness(const std::string& what) const {
     if (liveness_check_) liveness_check_(what);
   }

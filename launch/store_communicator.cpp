@@ -90,10 +90,12 @@ class StoreCommunicator final : public Communicator {
     const std::string base = fmt::format("{}/{}", prefix_, seq_++);
     // One leading byte: LibTorch 1.13's TCPStore answers a get of an empty value only after a 200 ms stall.
     set(base + "/" + std::to_string(rank_), "v" + mine);
-    guarded(what, [&] { return store_->add(base + "/arrived", 1); });
+    // The last to arrive says so with one key, which the others poll: one read per poll however many ranks there
+    // are (an add would be a write, and a FileStore appends one record per add).
+    if (guarded(what, [&] { return store_->add(base + "/arrived", 1); }) == size_) set(base + "/all", "v");
     std::vector<std::string> keys;
     for (int r = 0; r < size_; ++r) keys.push_back(base + "/" + std::to_string(r));
-    wait(keys, identity_ranks(size_), what, timeout, base + "/arrived");
+    wait(keys, identity_ranks(size_), what, timeout, base + "/all");
     std::vector<std::string> values;
     for (const std::string& key : keys) {
       std::vector<uint8_t> bytes = guarded(what, [&] { return store_->get(key); });
@@ -113,7 +115,9 @@ class StoreCommunicator final : public Communicator {
       options.timeout = timeout;
       // No timeout on wait: Gloo bounds the operation itself (the process group's timeout), and returning early
       // would leave Gloo writing into a buffer the caller is about to free.
-      gloo(timeout)->broadcast(tensors, options)->wait();
+      gloo(what, timeout)->broadcast(tensors, options)->wait();
+    } catch (const Error&) {
+      throw;  // the barrier before connecting Gloo: a dead rank or an aborted job, already said
     } catch (const std::exception& e) {
       state_->failed = true;
       const std::string error = first_line(e);
@@ -165,8 +169,12 @@ class StoreCommunicator final : public Communicator {
  private:
 #if SHARDCAST_HAVE_GLOO
   // Made on the first broadcast, which every rank of this communicator enters together (it is a collective).
-  c10d::ProcessGroupGloo* gloo(Timeout timeout) {
+  c10d::ProcessGroupGloo* gloo(const std::string& what, Timeout timeout) {
     if (!gloo_) {
+      // Gloo's rendezvous waits inside LibTorch, out of reach of the liveness checks: meet here first, so that a rank
+      // that died before it stops the others now rather than at the timeout. Once connected, Gloo sees a dead peer's
+      // sockets close.
+      barrier(what + ": connecting Gloo", timeout);
       auto options = c10d::ProcessGroupGloo::Options::create();
       options->timeout = timeout;
       // As torch.distributed: GLOO_SOCKET_IFNAME picks the network interface, else the address the host name
@@ -208,26 +216,22 @@ class StoreCommunicator final : public Communicator {
     guarded("store set", [&] { store_->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
   }
 
-  // Polls until every key is set: by an arrival counter when `counter` is given (one request however many ranks),
-  // else by the keys themselves. Between polls (at most 50 ms apart) it checks that no rank is known dead and that no
-  // rank has aborted the job. `ranks[i]`: the rank that sets keys[i] (a timeout names the ranks whose keys are
-  // missing).
+  // Polls until every key is set: by the key `all` when given (set by the last to arrive), else by the keys themselves.
+  // Between polls (at most 50 ms apart) it checks that no rank is known dead, and every fourth poll that no rank has
+  // aborted the job. `ranks[i]`: the rank that sets keys[i] (a timeout names the ranks whose keys are missing).
   void wait(const std::vector<std::string>& keys, const std::vector<int>& ranks, const std::string& what,
-            Timeout timeout, const std::string& counter = "") {
+            Timeout timeout, const std::string& all = "") {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     auto pause = std::chrono::milliseconds(1);
-    for (;;) {
-      const bool arrived = guarded(what, [&] {
-        return counter.empty() ? store_->check(keys) : store_->add(counter, 0) >= static_cast<int64_t>(keys.size());
-      });
-      if (arrived) return;
+    for (int poll = 0;; ++poll) {
+      if (guarded(what, [&] { return store_->check(all.empty() ? keys : std::vector<std::string>{all}); })) return;
       try {
         check_liveness(what);
       } catch (const Error& e) {
         abort_job(fmt::format("rank {}: {}", world_ranks_[rank_], e.what()));
         throw;
       }
-      if (guarded(what, [&] { return store_->check({state_->abort_key}); })) {
+      if (poll % 4 == 3 && guarded(what, [&] { return store_->check({state_->abort_key}); })) {
         state_->failed = true;
         const std::vector<uint8_t> why = guarded(what, [&] { return store_->get(state_->abort_key); });
         throw Error(ErrorCode::kRemoteRankFailed, fmt::format("rank {} of {} stops '{}': the job was aborted by {}",
@@ -245,14 +249,18 @@ class StoreCommunicator final : public Communicator {
       missing.push_back(std::to_string(ranks[i]));
       missing_world.push_back(world_ranks_[ranks[i]]);
     }
-    const std::string message = fmt::format(
-        "rank {} of {} timed out after {} s in '{}' waiting for rank(s) {}{}", rank_, size_, seconds(timeout), what,
-        fmt::join(missing, ", "), is_world_ ? "" : fmt::format(" (world rank(s) {})", fmt::join(missing_world, ", ")));
+    // Every value set but not all counted: a rank died between writing its value and counting itself.
+    const std::string who = missing.empty() ? "a rank that wrote its value but was never counted (died mid-step)"
+                                            : fmt::format("rank(s) {}", fmt::join(missing, ", "));
+    const std::string message =
+        fmt::format("rank {} of {} timed out after {} s in '{}' waiting for {}{}", rank_, size_, seconds(timeout), what,
+                    who, is_world_ ? "" : fmt::format(" (world rank(s) {})", fmt::join(missing_world, ", ")));
     abort_job(fmt::format("rank {}: {}", world_ranks_[rank_], message));
     throw Error(ErrorCode::kTimeout, message, std::move(missing_world));
   }
 
-  // Tells every rank of the job to stop (the first reason stays); the store may be gone already.
+  // Tells every rank of the job to stop, unless one already has (two at once: one reason wins); the store may be gone
+  // already.
   void abort_job(const std::string& why) {
     state_->failed = true;
     try {

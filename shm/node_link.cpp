@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -69,8 +70,12 @@ ucred peer_credentials(int socket) {
   return credentials;
 }
 
-// Sends one message with `fds` attached; false when the peer is gone.
-bool send_message(int socket, const Message& message, const int* fds = nullptr, size_t count = 0) {
+enum class Sent { kOk, kGone, kFull };
+
+// Sends one message with `fds` attached, waiting for room in the peer's queue until `deadline` (none: try once).
+// kGone: the peer's end is closed (the watcher records why). Any other failure throws, naming the call.
+Sent send_message(int socket, const Message& message, const int* fds = nullptr, size_t count = 0,
+                  std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
   iovec io{const_cast<Message*>(&message), sizeof(message)};
   msghdr header{};
   header.msg_iov = &io;
@@ -85,15 +90,26 @@ bool send_message(int socket, const Message& message, const int* fds = nullptr, 
     rights->cmsg_len = CMSG_LEN(sizeof(int) * count);
     std::memcpy(CMSG_DATA(rights), fds, sizeof(int) * count);
   }
-  ssize_t sent;
-  do {
-    sent = ::sendmsg(socket, &header, MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
-  return sent == static_cast<ssize_t>(sizeof(message));
+  for (;;) {
+    if (::sendmsg(socket, &header, MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(sizeof(message))) {
+      return Sent::kOk;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) return Sent::kGone;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) throw_system_error("sendmsg", "node link", errno);
+    const auto left =
+        deadline ? std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - Clock::now()).count() : 0;
+    if (left <= 0) return Sent::kFull;
+    pollfd p{socket, POLLOUT, 0};
+    ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+  }
 }
 
-// Receives one message and the descriptors riding on it; false at end of stream or on an error (the peer is gone).
-bool receive_message(int socket, Message* message, std::vector<File>* fds) {
+enum class Received { kOk, kGone, kTruncated };
+
+// Receives one message and the descriptors riding on it. kGone: end of stream or an error (the peer is gone);
+// kTruncated: the kernel dropped descriptors because this process is at its open-file limit.
+Received receive_message(int socket, Message* message, std::vector<File>* fds) {
   iovec io{message, sizeof(*message)};
   msghdr header{};
   header.msg_iov = &io;
@@ -114,7 +130,8 @@ bool receive_message(int socket, Message* message, std::vector<File>* fds) {
       fds->push_back(File::adopt(fd, "a segment from the node leader"));
     }
   }
-  return got == static_cast<ssize_t>(sizeof(*message)) && (header.msg_flags & MSG_CTRUNC) == 0;
+  if (got != static_cast<ssize_t>(sizeof(*message))) return Received::kGone;
+  return (header.msg_flags & MSG_CTRUNC) != 0 ? Received::kTruncated : Received::kOk;
 }
 
 // Waits until `fd` is readable or the deadline passes; false at the deadline.
@@ -217,11 +234,17 @@ void NodeLink::accept(int local_size, Timeout timeout) {
       throw_system_error("accept", "node link @" + address_, errno);
     }
     // Another user's process may connect to an abstract socket; it gets nothing.
-    const ucred credentials = peer_credentials(socket);
+    ucred credentials{};
+    try {
+      credentials = peer_credentials(socket);
+    } catch (const Error&) {
+      ::close(socket);
+      throw;
+    }
     Message hello;
     std::vector<File> none;
     const bool introduced = credentials.uid == ::geteuid() && wait_readable(socket, deadline) &&
-                            receive_message(socket, &hello, &none) && hello.type == kHello;
+                            receive_message(socket, &hello, &none) == Received::kOk && hello.type == kHello;
     const size_t slot = static_cast<size_t>(hello.local_rank) - 1;
     if (!introduced || hello.local_rank < 1 || slot >= peers_.size() || peers_[slot].socket >= 0) {
       std::fprintf(stderr, "shardcast: warning: node link @%s refused a connection from pid %d (uid %u)\n",
@@ -262,7 +285,8 @@ std::unique_ptr<NodeLink> NodeLink::connect(const std::string& address, int lead
                             address, credentials.pid, credentials.uid, ::geteuid()));
   }
   link->peers_[0].process.pid = credentials.pid;
-  if (!send_message(socket, {kHello, local_rank, world_rank, static_cast<int32_t>(::getpid()), 0})) {
+  if (send_message(socket, {kHello, local_rank, world_rank, static_cast<int32_t>(::getpid()), 0}, nullptr, 0,
+                   deadline) != Sent::kOk) {
     throw Error(ErrorCode::kRemoteRankFailed,
                 fmt::format("the node leader (pid {}) closed its link @{} before local rank {} could introduce itself",
                             credentials.pid, address, local_rank));
@@ -275,7 +299,10 @@ NodeLink::~NodeLink() {
   {
     std::lock_guard<std::mutex> lock(send_mutex_);
     for (Peer& peer : peers_) {
-      if (peer.socket >= 0) send_message(peer.socket, {kGoodbye, self_.local_rank, self_.world_rank, self_.pid, 0});
+      try {  // best effort: a peer that is gone or not reading learns of it some other way
+        if (peer.socket >= 0) send_message(peer.socket, {kGoodbye, self_.local_rank, self_.world_rank, self_.pid, 0});
+      } catch (const Error&) {
+      }
     }
   }
   if (watcher_) {
@@ -318,7 +345,14 @@ void NodeLink::watch() {
       Peer& peer = peers_[index[k - 1]];
       Message message;
       std::vector<File> fds;
-      const bool received = receive_message(peer.socket, &message, &fds);
+      const Received outcome = receive_message(peer.socket, &message, &fds);
+      if (outcome == Received::kTruncated) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        truncated_ = true;
+        changed_.notify_all();
+        continue;
+      }
+      const bool received = outcome == Received::kOk;
       if (!received) record_death(peer.process);  // before `gone`: a receive() woken by it must see why
       if (!received || message.type == kGoodbye) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -349,18 +383,29 @@ void NodeLink::record_death(const LinkedProcess& process) {
   std::lock_guard<std::mutex> lock(send_mutex_);
   for (Peer& peer : peers_) {
     if (peer.gone) continue;
-    send_message(peer.socket, {kDeath, process.local_rank, process.world_rank, process.pid, 0});
+    try {  // best effort, on the watcher thread: a peer not reading still sees the death as its wait times out
+      send_message(peer.socket, {kDeath, process.local_rank, process.world_rank, process.pid, 0});
+    } catch (const Error&) {
+    }
   }
 }
 
-void NodeLink::send(const std::vector<int>& fds, uint64_t tag) {
+void NodeLink::send(const std::vector<int>& fds, uint64_t tag, Timeout timeout) {
+  const auto deadline = Clock::now() + timeout;
   std::lock_guard<std::mutex> lock(send_mutex_);
   for (Peer& peer : peers_) {
     if (std::lock_guard<std::mutex> state(mutex_); peer.gone) continue;  // the watcher has recorded why
     for (size_t begin = 0; begin < fds.size(); begin += kMaxDescriptorsPerMessage) {
       const size_t count = std::min(kMaxDescriptorsPerMessage, fds.size() - begin);
       Message message{kDescriptors, self_.local_rank, self_.world_rank, self_.pid, static_cast<uint32_t>(count), tag};
-      if (!send_message(peer.socket, message, fds.data() + begin, count)) break;
+      const Sent sent = send_message(peer.socket, message, fds.data() + begin, count, deadline);
+      if (sent == Sent::kGone) break;
+      if (sent == Sent::kFull) {
+        throw Error(ErrorCode::kTimeout,
+                    fmt::format("the node leader waited {} s for {} to take its segments (stopped or stuck?)",
+                                seconds(timeout), peer.process.describe()),
+                    {peer.process.world_rank});
+      }
     }
   }
 }
@@ -369,11 +414,18 @@ std::vector<File> NodeLink::receive(size_t count, uint64_t tag, Timeout timeout,
   std::unique_lock<std::mutex> lock(mutex_);
   const bool ready = changed_.wait_for(lock, timeout, [&] {
     while (!received_.empty() && received_.front().first != tag) received_.pop_front();  // a failed load's
-    return received_.size() >= count || dead_ || peers_[0].gone;
+    return received_.size() >= count || dead_ || peers_[0].gone || truncated_;
   });
   if (received_.size() < count) {
+    const bool truncated = truncated_;
     lock.unlock();
     check_alive(what);
+    if (truncated) {
+      throw Error(ErrorCode::kSystem,
+                  fmt::format("local rank {} could not take the segments of '{}' from the node leader: the kernel "
+                              "dropped the descriptors because this process is at its open-file limit (ulimit -n)",
+                              self_.local_rank, what));
+    }
     if (!ready) {
       throw Error(ErrorCode::kTimeout,
                   fmt::format("local rank {} waited {} s for the node leader (pid {}) to share the segments of '{}'",
@@ -389,6 +441,11 @@ std::vector<File> NodeLink::receive(size_t count, uint64_t tag, Timeout timeout,
     received_.pop_front();
   }
   return out;
+}
+
+void NodeLink::discard_received() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  received_.clear();
 }
 
 std::optional<LinkedProcess> NodeLink::dead() const {

@@ -53,12 +53,16 @@ class NodeLink {
 
   bool is_leader() const { return leader_; }
 
-  // Leader: the descriptors go to every other local rank (each gets its own duplicates), in order, under `tag`.
-  void send(const std::vector<int>& fds, uint64_t tag);
+  // Leader: the descriptors go to every other local rank (each gets its own duplicates), in order, under `tag`. Waits
+  // up to `timeout` for a rank that does not read (stopped); a dead rank is skipped (check_alive says so).
+  void send(const std::vector<int>& fds, uint64_t tag, Timeout timeout);
   // The others: the `count` descriptors the leader sent under `tag`. Descriptors of another tag (those of a load that
   // failed before this rank took them) are dropped, never handed out. Waits up to `timeout`; throws kRemoteRankFailed
   // naming the rank when a local process died meanwhile.
   std::vector<File> receive(size_t count, uint64_t tag, Timeout timeout, const std::string& what);
+
+  // Closes the descriptors received and not yet taken: a failed load's, which would otherwise hold their memory.
+  void discard_received();
 
   // Throws kRemoteRankFailed naming the first local process that died (its socket closed without a goodbye), if any.
   void check_alive(const std::string& what) const;
@@ -89,7 +93,8 @@ class NodeLink {
   std::condition_variable changed_;
   std::deque<std::pair<uint64_t, File>> received_;  // descriptors the leader sent (with their tag), not yet taken
   std::optional<LinkedProcess> dead_;
-  std::mutex send_mutex_;  // send() and the watcher's notices share the peers' sockets
+  bool truncated_ = false;  // descriptors were dropped on the way in (this process at its open-file limit)
+  std::mutex send_mutex_;   // send() and the watcher's notices share the peers' sockets
 };
 
 }  // namespace shardcast::shm

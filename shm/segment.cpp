@@ -166,7 +166,8 @@ std::shared_ptr<Segment> Segment::attach(File fd, uint64_t layout_hash, Access a
                 fmt::format("{} is {} bytes, smaller than its header", what, static_cast<uint64_t>(st.st_size)));
   }
   auto mapping = map(fd.fd(), access, what);
-  auto segment = std::shared_ptr<Segment>(new Segment(what, std::move(fd), std::move(mapping)));
+  // The mapping alone holds the memory: the descriptor closes here (only a creator hands one out).
+  auto segment = std::shared_ptr<Segment>(new Segment(what, File(), std::move(mapping)));
   const SegmentHeader& h = segment->header();
   if (h.magic != kSegmentMagic || h.version != kSegmentVersion || h.header_size != kHeaderBytes) {
     throw Error(ErrorCode::kSystem, fmt::format("{} is not a shardcast segment of version {} (magic {:#x}, version {})",

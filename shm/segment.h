@@ -63,7 +63,8 @@ class Segment {
   Segment& operator=(const Segment&) = delete;
 
   const std::string& what() const { return what_; }
-  File descriptor() const { return file_.duplicate(); }  // to hand to local ranks and map again
+  // The creator's: a descriptor to hand to local ranks and to map again. (An attached segment keeps none.)
+  File descriptor() const { return file_.duplicate(); }
   uint8_t* data() const { return base_ + kHeaderBytes; }
   uint64_t data_size() const { return data_size_; }
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }

@@ -54,9 +54,9 @@ void on_segv(int signal, siginfo_t* info, void* context) {
       if (begin == 0 || address < begin || address >= w.end.load(std::memory_order_acquire)) continue;
       say("shardcast: write to read-only shared memory at ");
       say_number(address, 16);
-      say(" (segment '");
+      say(" (");
       say(w.name);
-      say("', byte ");
+      say(", byte ");
       say_number(address - begin, 10);
       say(" of the mapping): tensors loaded with placement 'shared' are read-only views of the node's one copy; "
           "load with placement 'cow' (copy-on-write) or 'private' to change them\n");

@@ -76,27 +76,53 @@ NodeLoader::~NodeLoader() {
 void NodeLoader::link_node(Timeout timeout) {
   const Topology& t = group_.topology;
   if (link_ || t.local_size == 1) return;
+  // The leader listens and sends its address; the others connect; then the node agrees that every rank is linked,
+  // so that a failure anywhere fails every rank now, and a retry starts over on every rank.
+  std::unique_ptr<shm::NodeLink> link;
   std::unique_ptr<Error> own;
   std::string mine;
   if (t.is_node_leader()) {
-    mine = attempt([&] { link_ = shm::NodeLink::listen(t.rank); }, &own);
-    mine = own ? "E" + mine : fmt::format("O{} {}", t.rank, link_->address());
+    mine = attempt([&] { link = shm::NodeLink::listen(t.rank); }, &own);
+    mine = own ? "E" + mine : fmt::format("O{} {}", t.rank, link->address());
   }
-  const std::string leader = group_.node->all_gather(mine, "node link", timeout)[0];
+  const std::string leader = group_.node->all_gather(mine, "node link: address", timeout)[0];
+  std::string error;
+  if (!own && (leader.empty() || leader[0] != 'O')) {
+    error = fmt::format("the leader could not open the node link: {}", leader.empty() ? "" : leader.substr(1));
+  } else if (!own) {
+    error = attempt(
+        [&] {
+          if (t.is_node_leader()) {
+            link->accept(t.local_size, timeout);
+            return;
+          }
+          const size_t space = leader.find(' ');
+          link = shm::NodeLink::connect(leader.substr(space + 1), std::stoi(leader.substr(1, space - 1)), t.local_rank,
+                                        t.rank, timeout);
+        },
+        &own);
+  }
+  const auto outcomes = group_.node->all_gather(error, "node link: linked", timeout);
   if (own) throw *own;
-  if (leader.empty() || leader[0] != 'O') {
+  for (size_t r = 0; r < outcomes.size(); ++r) {
+    if (outcomes[r].empty()) continue;
     throw Error(ErrorCode::kRemoteRankFailed,
-                fmt::format("the leader of node {} could not open the node link: {}", t.node, leader.substr(1)));
+                fmt::format("local rank {} of node {} could not link up: {}", r, t.node, outcomes[r]));
   }
-  if (t.is_node_leader()) {
-    link_->accept(t.local_size, timeout);
-  } else {
-    const size_t space = leader.find(' ');
-    link_ = shm::NodeLink::connect(leader.substr(space + 1), std::stoi(leader.substr(1, space - 1)), t.local_rank,
-                                   t.rank, timeout);
-  }
+  link_ = std::move(link);
   for (Communicator* c : {group_.world.get(), group_.node.get(), group_.leaders.get()}) {
     if (c) c->set_liveness_check([link = link_.get()](const std::string& what) { link->check_alive(what); });
+  }
+}
+
+void NodeLoader::finish_step(const std::string& step, const std::string& my_error, const std::unique_ptr<Error>& own,
+                             Timeout timeout) {
+  try {
+    agree(step, my_error, timeout);
+    if (own) throw *own;
+  } catch (const Error&) {
+    if (link_) link_->discard_received();  // descriptors sent for this load, which will now never be taken
+    throw;
   }
 }
 
@@ -158,10 +184,7 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
   LoadStats stats;
   auto phase = [&](const char* name, Clock::time_point start) { stats.phases.push_back({name, seconds_since(start)}); };
   std::unique_ptr<Error> own;
-  auto check = [&](const std::string& step, const std::string& error) {
-    agree(step, error, timeout);
-    if (own) throw *own;
-  };
+  auto check = [&](const std::string& step, const std::string& error) { finish_step(step, error, own, timeout); };
 
   // 2. Every rank computes the same plan (the layout hash proves it on attach).
   auto start = Clock::now();
@@ -230,7 +253,7 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                   descriptors[i] = created[i]->descriptor();
                   shared.push_back(descriptors[i].fd());
                 }
-                if (link_) link_->send(shared, descriptor_tag(load_id, b));
+                if (link_) link_->send(shared, descriptor_tag(load_id, b), timeout);
               },
               &own));
     create_s += seconds_since(start);

@@ -127,6 +127,10 @@ class NodeLoader {
   void agree(const std::string& step, const std::string& my_error, Timeout timeout);
 
  private:
+  // agree(), then this rank's own error (`own`) if it had one; a failed step also drops the segment descriptors this
+  // rank was sent for the load and will not take.
+  void finish_step(const std::string& step, const std::string& my_error, const std::unique_ptr<Error>& own,
+                   Timeout timeout);
   // Links the node's ranks on first use (shm/node_link.h) and makes every wait watch the link.
   void link_node(Timeout timeout);
   std::string describe_segment(int load_id, const std::string& what) const;

@@ -38,10 +38,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
   LoadStats stats;
   stats.device = device.describe();
   std::unique_ptr<Error> own;
-  auto check = [&](const std::string& step, const std::string& error) {
-    agree(step, error, timeout);
-    if (own) throw *own;
-  };
+  auto check = [&](const std::string& step, const std::string& error) { finish_step(step, error, own, timeout); };
 
   // What to load, and how: the plan validates the selection and the dtype; the stream plan orders the bytes.
   auto start = Clock::now();
@@ -141,7 +138,7 @@ LoadStats NodeLoader::load_to_device(const NodeLoadOptions& options, const RingO
                                     fmt::format("the GPU ring ({} x {})", ring.slots, format_size(slot_size)));
               ring_segment = shm::Segment::create(ring_name, ring_bytes, plan.layout_hash, options.location);
               const File shared = ring_segment->descriptor();
-              if (link_) link_->send({shared.fd()}, descriptor_tag(load_id, kRingBatch));
+              if (link_) link_->send({shared.fd()}, descriptor_tag(load_id, kRingBatch), timeout);
             },
             &own));
   std::optional<PinnedHost> pinned;

@@ -3,7 +3,7 @@
 #
 # A shardcast job's segments have no names (they reach local ranks as file descriptors), so the memory of a job that
 # dies, however it dies, goes back with its last process: this is not needed for that. It removes what does carry a
-# name: segments left by earlier shardcast versions, and kept copies (warm restarts) whose creator is gone.
+# name: segments that earlier shardcast versions left when a job died, whose creator is gone.
 #
 # Install: copy it to each node and point slurm.conf at it (Epilog=/etc/slurm/epilog.d/shardcast.sh), or call it from
 # the site's epilog. It runs as root with slurmd's environment; set SHARDCAST here if shardcast is not on its PATH.

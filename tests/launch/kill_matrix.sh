@@ -9,7 +9,8 @@
 #
 # `store` starts the ranks by hand with torchrun's variables and no supervisor, so only shardcast's own detection can
 # stop them; `srun` needs a SLURM cluster (SLURM_CONF set; tests/launch/test_slurm.sh runs it). Prints a table and
-# appends JSON lines to $KILL_MATRIX_OUT (default kill-matrix.jsonl). Exit status 1 if any run fails.
+# appends JSON lines to $KILL_MATRIX_OUT (default kill-matrix.jsonl); KILL_MATRIX_PHASE=stage runs one phase only.
+# Exit status 1 if any run fails.
 set -uo pipefail
 shardcast=$(realpath "$1")
 shardcast_run=$(realpath "$2")
@@ -61,9 +62,12 @@ printf '%-14s %-7s %-6s %-12s %6s %9s %9s %s\n' launcher place victim phase stat
 for launcher in "${launchers[@]}"; do
   cases=()
   for phase in catalog create stage attach materialize; do cases+=("shared $phase 0"); done
-  cases+=("cuda ring 0" "cuda stream 0" "shared stage 2")  # the GPU ring (host stand-in); 2 virtual nodes of 2
+  # The GPU ring (host stand-in); 2 virtual nodes of 2 ranks (rank 2 leads node 1): staging, and the leaders'
+  # exchange of segments between nodes.
+  cases+=("cuda ring 0" "cuda stream 0" "shared stage 2" "shared exchange 2")
   for c in "${cases[@]}"; do
     read -r placement phase per_node <<< "$c"
+    [ -z "${KILL_MATRIX_PHASE:-}" ] || [ "$phase" = "$KILL_MATRIX_PHASE" ] || continue
     for victim in 0 2; do
       names_before=$(shm_names)
       shmem_before=$(shmem_kb)

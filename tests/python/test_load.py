@@ -122,6 +122,8 @@ def test_writing_to_a_shared_tensor_faults_with_a_message(safetensors_ckpt):
     assert result.returncode == -signal.SIGSEGV, result
     assert "wrote" not in result.stdout
     assert "read-only" in result.stderr and "placement" in result.stderr, result.stderr
+    assert re.search(r"\(segment s\d+ of load 0 on node 0 \(job .*\), byte \d+ of the mapping\)",
+                     result.stderr), result.stderr
 
 
 def test_checkpoint_errors_name_the_file(tmp_path, safetensors_ckpt):

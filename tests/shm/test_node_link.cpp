@@ -93,8 +93,8 @@ TEST(NodeLink, SegmentsReachEveryLocalRankAndGoodbyesAreNoDeaths) {
   }
   leader->accept(4, 5s);
   const File a = first->descriptor(), b = second->descriptor(), c = stale->descriptor();
-  leader->send({c.fd()}, 6);  // sent for a load that failed before the ranks took it: never handed out
-  leader->send({a.fd(), b.fd()}, 7);
+  leader->send({c.fd()}, 6, 5s);  // sent for a load that failed before the ranks took it: never handed out
+  leader->send({a.fd(), b.fd()}, 7, 5s);
   for (pid_t peer : peers) EXPECT_EQ(exit_status(peer), 0);
   std::this_thread::sleep_for(200ms);  // the watcher has read every goodbye
   EXPECT_FALSE(leader->dead());

@@ -88,6 +88,17 @@ TEST_P(SegmentOnBothBackings, ACreatorKilledMidFillLeavesNothingAndFreesTheMemor
   EXPECT_GE(free_bytes(location()) + (64 << 20), free_before) << "memory back without gc";
 }
 
+// Only the creator keeps a descriptor (to hand out); a rank's mapping alone holds the memory, so a model of many
+// segments costs a rank no descriptors.
+TEST_P(SegmentOnBothBackings, AnAttachedSegmentHoldsNoDescriptor) {
+  auto open_descriptors = [] { return std::distance(fs::directory_iterator("/proc/self/fd"), {}); };
+  auto created = Segment::create("segment fds", 4096, 9, location());
+  const auto before = open_descriptors();
+  std::vector<std::shared_ptr<Segment>> attached;
+  for (int i = 0; i < 10; ++i) attached.push_back(Segment::attach(created->descriptor(), 9, Access::kReadOnly, "s"));
+  EXPECT_EQ(open_descriptors(), before);
+}
+
 TEST_P(SegmentOnBothBackings, AttachRefusesAnotherLayoutAndAnotherFile) {
   auto s = Segment::create("segment layout", 100, 7, location());
   try {

@@ -20,7 +20,7 @@ using Clock = std::chrono::steady_clock;
 class CudaDevice final : public Device {
  public:
   CudaDevice(const DeviceRequest& request, Communicator& world)
-      : ordinal_(request.ordinal), timeout_(request.timeout), rank_(world.rank()), size_(world.size()) {
+      : ordinal_(request.ordinal), timeout_(request.timeout), world_(world), rank_(world.rank()), size_(world.size()) {
     int count = 0;
     const cudaError_t status = cudaGetDeviceCount(&count);
     if (status != cudaSuccess || request.ordinal < 0 || request.ordinal >= count) {
@@ -131,6 +131,7 @@ class CudaDevice final : public Device {
         if (status == cudaSuccess) break;
         if (status != cudaErrorNotReady) gpu::throw_cuda_error(status, "cudaStreamQuery", __FILE__, __LINE__);
         check_comm_error("synchronize");
+        check_peers("the GPU's copies and collectives");
         if (Clock::now() > deadline) abort_timeout("the GPU's copies and collectives to finish");
         std::this_thread::sleep_for(std::chrono::microseconds(50));
       }
@@ -178,8 +179,23 @@ class CudaDevice final : public Device {
         failed_ = true;
         gpu::throw_nccl_error(async, comm_, what, __FILE__, __LINE__);
       }
+      check_peers(what);
       if (Clock::now() > deadline) abort_timeout(what);
       std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  // A peer known dead (the node link saw it) will never join the collective: abort now, not at the deadline. Asked
+  // every 10 ms of a wait.
+  void check_peers(const std::string& what) {
+    const auto now = Clock::now();
+    if (now - last_peer_check_ < std::chrono::milliseconds(10)) return;
+    last_peer_check_ = now;
+    try {
+      world_.check_liveness(what);
+    } catch (const Error&) {
+      failed_ = true;  // the communicator is aborted, not destroyed
+      throw;
     }
   }
 
@@ -193,12 +209,14 @@ class CudaDevice final : public Device {
 
   int ordinal_ = 0;
   std::chrono::milliseconds timeout_;
+  Communicator& world_;  // the Session's, which outlives this device
   std::string name_;
   int max_pitch_ = 0;
   cudaStream_t copy_stream_ = nullptr;
   cudaStream_t comm_stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   bool failed_ = false;
+  Clock::time_point last_peer_check_{};
   int rank_ = 0;
   int size_ = 1;
   std::map<int, std::pair<void*, size_t>> scratch_;
