@@ -38,7 +38,8 @@ std::string attempt(Fn&& fn, std::unique_ptr<Error>* own) {
 }
 
 // The fault-injection hook of the kill tests (docs/reliability.md): SHARDCAST_KILL_AT=PHASE:RANK makes world rank RANK
-// SIGKILL itself as PHASE first starts: catalog, create, stage, attach, materialize; ring, stream (placement cuda).
+// SIGKILL itself as PHASE first starts: catalog, create, stage, attach, materialize, exchange; ring, stream (placement
+// cuda).
 inline void kill_point(const std::string& phase, int rank) {
   static const char* spec = std::getenv("SHARDCAST_KILL_AT");
   if (spec == nullptr || phase + ":" + std::to_string(rank) != spec) return;

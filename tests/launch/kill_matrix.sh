@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kill matrix of docs/reliability.md: a 4-rank `shardcast load` of a 64 MB checkpoint under each launcher, with one
-# rank (rank 0, the node leader and store host; or rank 2, a peer) SIGKILLed as a phase starts (SHARDCAST_KILL_AT).
+# rank (rank 0, the node leader and store host; or rank 2, a peer) SIGKILLed as a phase starts (SHARDCAST_KILL_AT),
+# or at `stage` every rank at once (*: rank 0, then this script kills the others within milliseconds).
 # Each run must end with every survivor stopped, non-zero, within 30 s of the kill (the goal is seconds), the victim
 # named in the output, and nothing of the job left: no new name in /dev/shm and no shared memory held (Shmem in
 # /proc/meminfo back within 16 MB), all without `shardcast gc`.
@@ -33,7 +34,8 @@ run() {
   local launcher=$1 placement=$2 victim=$3 phase=$4 per_node=${5:-0}
   local args=(load "$work/ckpt" --timeout 60 --placement "$placement")
   [ "$placement" = cuda ] && args+=(--device-stand-in)
-  local env=(SHARDCAST_KILL_AT="$phase:$victim" SHARDCAST_JOB_ID="kill-matrix-$$-$launcher-$victim-$phase")
+  # Victim *: rank 0 kills itself, and this script SIGKILLs every other process of the job as soon as it says so.
+  local env=(SHARDCAST_KILL_AT="$phase:${victim/\*/0}" SHARDCAST_JOB_ID="kill-matrix-$$-$launcher-${victim/\*/all}-$phase")
   [ "$per_node" -gt 0 ] && env+=(SHARDCAST_RANKS_PER_NODE="$per_node")
   case $launcher in
     mpirun)
@@ -68,12 +70,21 @@ for launcher in "${launchers[@]}"; do
   for c in "${cases[@]}"; do
     read -r placement phase per_node <<< "$c"
     [ -z "${KILL_MATRIX_PHASE:-}" ] || [ "$phase" = "$KILL_MATRIX_PHASE" ] || continue
-    for victim in 0 2; do
+    victims=(0 2)
+    [ "$phase" = stage ] && [ "$per_node" = 0 ] && victims+=("*")  # every rank at once: nobody left to clean up
+    for victim in "${victims[@]}"; do
       names_before=$(shm_names)
       shmem_before=$(shmem_kb)
       start=$(now)
+      : > "$work/log"
+      watcher=""
+      if [ "$victim" = "*" ]; then
+        (until grep -q "kills itself" "$work/log"; do sleep 0.005; done; pkill -KILL -f -- "load $work/ckpt") &
+        watcher=$!
+      fi
       (set -o pipefail; run "$launcher" "$placement" "$victim" "$phase" "$per_node" > "$work/log" 2>&1)
       status=$?
+      [ -z "$watcher" ] || { kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null; }
       end=$(now)
       sleep 0.2  # the kernel frees a dead process's mappings as it reaps it; give the last one a moment
       left_kb=$(( $(shmem_kb) - shmem_before ))
@@ -86,7 +97,7 @@ for launcher in "${launchers[@]}"; do
       [ -n "$killed_at" ] || problems+=("rank $victim never reached '$phase'")
       [ "$status" -ne 0 ] || problems+=("the job exited 0")
       awk -v s="$exit_s" 'BEGIN { exit !(s < 30) }' || problems+=("took ${exit_s} s")
-      grep -q "rank $victim\b" "$work/log" || problems+=("no message names rank $victim")
+      [ "$victim" = "*" ] || grep -q "rank $victim\b" "$work/log" || problems+=("no message names rank $victim")
       [ "$left_kb" -lt 16384 ] || problems+=("$((left_kb / 1024)) MB of shared memory held")
       [ -z "$new_names" ] || problems+=("left in /dev/shm: $new_names")
       result=ok
@@ -97,7 +108,7 @@ for launcher in "${launchers[@]}"; do
       fi
       printf '%-14s %-7s %-6s %-12s %6s %9s %9s %s\n' "$launcher" "$placement" "$victim" "$where" "$status" "$exit_s" \
         "$(awk -v k="$left_kb" 'BEGIN { printf "%.1f", k / 1024 }')" "$result"
-      printf '{"launcher": "%s", "placement": "%s", "victim": %s, "phase": "%s", "exit_status": %s, "seconds_to_exit": %s, "shmem_left_kb": %s, "names_left": "%s", "ok": %s}\n' \
+      printf '{"launcher": "%s", "placement": "%s", "victim": "%s", "phase": "%s", "exit_status": %s, "seconds_to_exit": %s, "shmem_left_kb": %s, "names_left": "%s", "ok": %s}\n' \
         "$launcher" "$placement" "$victim" "$where" "$status" "$exit_s" "$left_kb" "$new_names" \
         "$([ "$result" = ok ] && echo true || echo false)" >> "$out"
     done
