@@ -26,7 +26,7 @@ trap 'rm -rf "$work"' EXIT
 failed=0
 
 shmem_kb() { sed -n 's/^Shmem: *\([0-9]*\) kB$/\1/p' /proc/meminfo; }
-shm_names() { ls /dev/shm | grep '^shardcast-' | sort; }
+shm_names() { ls /dev/shm | sort; }  # any name: the launchers' own (Open MPI's vader segments) too
 now() { date +%s.%N; }
 
 # run LAUNCHER PLACEMENT VICTIM PHASE [RANKS_PER_NODE]: one job; writes its output to $work/log.
@@ -79,7 +79,9 @@ for launcher in "${launchers[@]}"; do
       : > "$work/log"
       watcher=""
       if [ "$victim" = "*" ]; then
-        (until grep -q "kills itself" "$work/log"; do sleep 0.005; done; pkill -KILL -f -- "load $work/ckpt") &
+        # The ranks only (their command lines start with the binary), not the launcher, which cleans up after its own.
+        (until grep -q "kills itself" "$work/log"; do sleep 0.005; done
+         pkill -KILL -f -- "^$shardcast load $work/ckpt") &
         watcher=$!
       fi
       (set -o pipefail; run "$launcher" "$placement" "$victim" "$phase" "$per_node" > "$work/log" 2>&1)
