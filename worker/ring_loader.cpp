@@ -25,9 +25,8 @@ using detail::attempt;
 using detail::Clock;
 using detail::seconds_since;
 
-constexpr int kRoot = 0;
-constexpr uint64_t kRingBatch = 0xffffffff;  // the ring's descriptor tag on the node link  // reads (on node 0) and
-                                             // sends every chunk under nccl and scatter
+constexpr int kRoot = 0;                     // reads (on node 0) and sends every chunk under nccl and scatter
+constexpr uint64_t kRingBatch = 0xffffffff;  // the ring's descriptor tag on the node link
 
 }  // namespace
 
