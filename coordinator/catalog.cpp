@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "coordinator/index.h"
+#include "coordinator/json_strict.h"
 #include "coordinator/safetensors.h"
 #include "coordinator/torch_bin.h"
 #include "core/file.h"
@@ -21,6 +22,25 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 
 CheckpointFormat format_of_file(const std::string& name) {
   return ends_with(name, ".safetensors") ? CheckpointFormat::kSafetensors : CheckpointFormat::kTorchBin;
+}
+
+// transformers writes the model's dtype as "torch_dtype" (and, since 4.56, "dtype") in config.json.
+void read_config_dtype(Catalog& catalog) {
+  const fs::path path = catalog.root / "config.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return;
+  try {
+    if (fs::file_size(path) > (16u << 20)) throw Error(ErrorCode::kCorruptCheckpoint, "it is over 16 MiB");
+    const nlohmann::json config = parse_json_strict(read_text_file(path), path.string(), "config.json");
+    for (const char* key : {"torch_dtype", "dtype"}) {
+      if (config.is_object() && config.contains(key) && config[key].is_string()) {
+        catalog.config_dtype = config[key].get<std::string>();
+        return;
+      }
+    }
+  } catch (const std::exception& e) {
+    catalog.config_problem = fmt::format("'{}': {}", path.string(), e.what());
+  }
 }
 
 struct Located {
@@ -204,6 +224,8 @@ Catalog scan_catalog(const fs::path& path, std::vector<Error>* problems, std::ve
 
   std::sort(catalog.tensors.begin(), catalog.tensors.end(),
             [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+
+  read_config_dtype(catalog);
 
   if (catalog.index_total_size && problems->empty()) {
     // transformers counts tied weights once (huggingface_hub) or twice (older shard_checkpoint): accept either.

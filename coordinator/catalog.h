@@ -44,6 +44,10 @@ struct Catalog {
   std::vector<ShardInfo> shards;    // in index order (sorted by file name)
   std::vector<TensorInfo> tensors;  // sorted by name
   std::optional<uint64_t> index_total_size;
+  // config.json beside the checkpoint (transformers'): its "torch_dtype" (or "dtype"), what dtype "auto" loads in;
+  // empty when it has none. A config.json that cannot be read leaves why in config_problem.
+  std::string config_dtype;
+  std::string config_problem;
 
   // Bytes of all tensors, counting tied weights once.
   uint64_t tensor_bytes() const;

@@ -13,6 +13,8 @@ std::string encode_catalog(const Catalog& c) {
   j["index"] = c.index_path.string();
   j["format"] = static_cast<int>(c.format);
   if (c.index_total_size) j["total_size"] = *c.index_total_size;
+  j["config_dtype"] = c.config_dtype;
+  j["config_problem"] = c.config_problem;
   j["shards"] = json::array();
   for (const ShardInfo& s : c.shards) {
     j["shards"].push_back({{"file", s.file},
@@ -40,6 +42,8 @@ Catalog decode_catalog(const std::string& bytes) {
     c.index_path = j.at("index").get<std::string>();
     c.format = static_cast<CheckpointFormat>(j.at("format").get<int>());
     if (j.contains("total_size")) c.index_total_size = j["total_size"].get<uint64_t>();
+    c.config_dtype = j.at("config_dtype").get<std::string>();
+    c.config_problem = j.at("config_problem").get<std::string>();
     for (const json& s : j.at("shards")) {
       ShardInfo shard;
       shard.file = s.at("file").get<std::string>();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -12,9 +13,13 @@
 namespace shardcast {
 namespace {
 
-DType target_dtype(DType source, const std::optional<DType>& requested) {
-  if (requested && dtype_is_floating(source) && can_cast(source, *requested)) return *requested;
-  return source;
+// Does `name` hold `module` as whole components?
+bool holds_module(const std::string& name, const std::string& module) {
+  for (size_t at = name.find(module); at != std::string::npos; at = name.find(module, at + 1)) {
+    const size_t end = at + module.size();
+    if ((at == 0 || name[at - 1] == '.') && (end == name.size() || name[end] == '.')) return true;
+  }
+  return false;
 }
 
 void mix(uint64_t& h, uint64_t v) {
@@ -38,30 +43,73 @@ bool tensor_selected(const std::string& name, const std::vector<std::string>& pa
   return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) { return pattern_matches(p, name); });
 }
 
-Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size, int node_count) {
-  if (request.dtype && !(dtype_is_floating(*request.dtype) && can_cast(*request.dtype, DType::kF32))) {
-    throw Error(
-        ErrorCode::kInvalidArgument,
-        fmt::format("dtype {} cannot be loaded into: use F16, BF16, F32, F64 or auto", dtype_name(*request.dtype)));
+std::optional<DType> auto_dtype(const Catalog& catalog) {
+  if (!catalog.config_problem.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("dtype \"auto\" reads config.json, which failed: {}", catalog.config_problem));
   }
+  if (!catalog.config_dtype.empty()) {
+    std::optional<DType> dtype = dtype_from_user_name(catalog.config_dtype);
+    if (!dtype || !dtype_is_floating(*dtype) || !can_cast(*dtype, DType::kF32)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("dtype \"auto\": '{}' gives torch_dtype '{}', which is not a dtype to load floating "
+                              "tensors in (F16, BF16, F32, F64); pass a dtype",
+                              (catalog.root / "config.json").string(), catalog.config_dtype));
+    }
+    return dtype;
+  }
+  for (uint32_t s = 0; s < catalog.shards.size(); ++s) {
+    for (const TensorInfo& t : catalog.tensors) {  // by name
+      if (t.shard == s && dtype_is_floating(t.dtype) && can_cast(t.dtype, DType::kF32)) return t.dtype;
+    }
+  }
+  return std::nullopt;
+}
+
+DType loaded_dtype(const TensorInfo& tensor, const LoadRequest& request) {
+  if (!dtype_is_floating(tensor.dtype) || !can_cast(tensor.dtype, DType::kF32) || !request.dtype) return tensor.dtype;
+  if (*request.dtype == DType::kF16 || *request.dtype == DType::kBF16) {
+    for (const std::string& module : request.keep_in_fp32) {
+      if (holds_module(tensor.name, module)) return DType::kF32;
+    }
+  }
+  return *request.dtype;
+}
+
+LoadRequest resolve_dtype(const Catalog& catalog, LoadRequest request) {
+  if (request.dtype_auto) {
+    request.dtype = auto_dtype(catalog);
+    request.dtype_auto = false;
+  }
+  if (request.dtype && !(dtype_is_floating(*request.dtype) && can_cast(*request.dtype, DType::kF32))) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("dtype {} cannot be loaded into: use F16, BF16, F32, F64, auto or keep",
+                            dtype_name(*request.dtype)));
+  }
+  return request;
+}
+
+Plan make_plan(const Catalog& catalog, const LoadRequest& unresolved, int local_size, int node_count) {
+  const LoadRequest request = resolve_dtype(catalog, unresolved);
   for (const std::string& pattern : request.tensors) {
-    bool any = std::any_of(catalog.tensors.begin(), catalog.tensors.end(),
-                           [&](const TensorInfo& t) { return pattern_matches(pattern, t.name); });
+    const bool any = pattern.empty() || pattern.back() != '*'
+                         ? catalog.find(pattern) != nullptr
+                         : std::any_of(catalog.tensors.begin(), catalog.tensors.end(),
+                                       [&](const TensorInfo& t) { return pattern_matches(pattern, t.name); });
     if (!any) {
       throw Error(ErrorCode::kInvalidArgument,
                   fmt::format("tensor '{}' is not in checkpoint '{}'", pattern, catalog.root.string()));
     }
   }
 
+  const std::set<std::string> listed(request.tensors.begin(), request.tensors.end());
   Plan plan;
   for (uint32_t s = 0; s < catalog.shards.size(); ++s) {
     PlannedSegment segment;
     segment.shard = s;
     std::map<std::string_view, size_t> planned;  // storage's first name -> its index in segment.tensors
     for (const TensorInfo* t : shard_tensors_in_read_order(catalog, s)) {
-      if (request.only_listed
-              ? std::find(request.tensors.begin(), request.tensors.end(), t->name) == request.tensors.end()
-              : !tensor_selected(t->name, request.tensors)) {
+      if (request.only_listed ? !listed.count(t->name) : !tensor_selected(t->name, request.tensors)) {
         continue;
       }
       PlannedTensor p;
@@ -76,7 +124,7 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_siz
         p.nbytes = o.nbytes;
         p.tied = true;
       } else {
-        p.dtype = target_dtype(t->dtype, request.dtype);
+        p.dtype = loaded_dtype(*t, request);
         p.nbytes = t->numel() * dtype_size(p.dtype);
         p.offset = (segment.size + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
         segment.size = p.offset + p.nbytes;

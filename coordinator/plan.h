@@ -13,9 +13,15 @@
 namespace shardcast {
 
 struct LoadRequest {
-  // Floating tensors (F16, BF16, F32, F64) are converted to this dtype once per node; nullopt ("auto") keeps the
-  // checkpoint's dtypes. Integer, bool and F8 tensors always keep theirs.
+  // Floating tensors (F16, BF16, F32, F64) are converted to this dtype once per node; nullopt ("keep") keeps each
+  // tensor's. Integer, bool and F8 tensors always keep theirs.
   std::optional<DType> dtype;
+  // dtype "auto" (transformers' torch_dtype="auto"): make_plan sets `dtype` to auto_dtype(catalog).
+  bool dtype_auto = false;
+  // When `dtype` is F16 or BF16, floating tensors of these modules load in F32 instead (transformers'
+  // keep_in_fp32_modules): an entry matches a name holding it as whole components ("wo" matches "block.0.wo.weight",
+  // not "block.0.wout.weight").
+  std::vector<std::string> keep_in_fp32;
   // Which tensors: empty means all; an entry ending in '*' is a prefix ("model.layers.0.*"), others exact names.
   // A pattern that matches nothing is an error.
   std::vector<std::string> tensors;
@@ -60,6 +66,18 @@ inline constexpr uint64_t kTensorAlignment = 64;
 // job reads each byte from storage once; within a node, tensors go to its `local_size` ranks. Throws
 // kInvalidArgument for a pattern matching nothing or an impossible dtype.
 Plan make_plan(const Catalog& catalog, const LoadRequest& request, int local_size, int node_count = 1);
+
+// What dtype "auto" loads a checkpoint in, as transformers decides it: config.json's torch_dtype (or dtype), else the
+// dtype of the first floating tensor (by name) of the first shard holding one; nullopt when no tensor is floating.
+// Throws kInvalidArgument when config.json cannot be read or names a dtype that floating tensors cannot take.
+std::optional<DType> auto_dtype(const Catalog& catalog);
+
+// The dtype `tensor` has once loaded under `request` (its dtype resolved: not dtype_auto).
+DType loaded_dtype(const TensorInfo& tensor, const LoadRequest& request);
+
+// `request` with dtype "auto" resolved for `catalog`, and the dtype checked: kInvalidArgument if floating tensors
+// cannot be loaded in it.
+LoadRequest resolve_dtype(const Catalog& catalog, LoadRequest request);
 
 // Does `name` match `pattern`: the exact name, or a prefix when the pattern ends in '*'?
 bool pattern_matches(const std::string& pattern, const std::string& name);

@@ -8,8 +8,10 @@
 
 #include <fmt/format.h>
 
+#include "coordinator/device_map.h"
 #include "coordinator/inspect.h"
 #include "coordinator/verify.h"
+#include "core/size.h"
 #include "launch/communicator.h"
 #include "launch/launch_env.h"
 #include "shardcast/config.h"
@@ -70,6 +72,13 @@ py::dict stats_dict(const LoadStats& s) {
   d["rank_bytes_read"] = s.rank_bytes_read;
   d["tensors"] = s.tensors;
   d["segments"] = s.segments;
+  if (!s.device_map.empty()) {
+    py::dict map, bytes;
+    for (const auto& [prefix, device] : s.device_map) map[py::str(prefix)] = device;
+    for (const auto& [device, n] : s.device_bytes) bytes[py::str(device)] = n;
+    d["device_map"] = map;
+    d["device_bytes"] = bytes;
+  }
   if (!s.device.empty()) {
     d["device"] = s.device;
     d["transport_choice"] = s.transport_choice;
@@ -84,8 +93,14 @@ py::dict stats_dict(const LoadStats& s) {
 // The keyword arguments of shardcast.load(), already checked for type by __init__.py.
 struct PyLoadOptions {
   std::string placement = "shared";
-  std::string dtype = "auto";
+  std::string dtype = "keep";
+  std::vector<std::string> keep_in_fp32;
   std::vector<std::string> tensors;
+  std::vector<std::pair<std::string, std::string>> device_map;  // prefix -> device, normalized by the core
+  std::string device_map_strategy;
+  std::vector<std::pair<std::string, std::string>> max_memory;  // device -> size text ("20GiB", "1073741824")
+  std::vector<std::string> no_split_modules;
+  std::string offload_folder;
   int tp_size = 1;
   std::vector<std::string> tp_rules;
   double timeout = 600;
@@ -102,7 +117,16 @@ struct PyLoadOptions {
     LoadOptions o;
     o.placement = parse_placement(placement);
     o.dtype = dtype;
+    o.keep_in_fp32 = keep_in_fp32;
     o.tensors = tensors;
+    for (const auto& [prefix, device] : device_map) o.device_map.emplace_back(prefix, normalize_device(device));
+    if (!device_map_strategy.empty()) parse_map_strategy(device_map_strategy);
+    o.device_map_strategy = device_map_strategy;
+    std::string budgets;  // checked as the CLI's --max-memory is: known devices, each once
+    for (const auto& [device, size] : max_memory) budgets += (budgets.empty() ? "" : ",") + device + "=" + size;
+    if (!budgets.empty()) o.max_memory = parse_max_memory(budgets);
+    o.no_split_modules = no_split_modules;
+    o.offload_folder = offload_folder;
     if (timeout <= 0) throw Error(ErrorCode::kInvalidArgument, fmt::format("timeout={} is not positive", timeout));
     o.timeout = std::chrono::seconds(static_cast<int64_t>(timeout + 0.999));
     o.shm_dir = shm_dir;
@@ -181,6 +205,12 @@ PYBIND11_MODULE(_shardcast, m) {
       .def(py::init<>())
       .def_readwrite("placement", &PyLoadOptions::placement)
       .def_readwrite("dtype", &PyLoadOptions::dtype)
+      .def_readwrite("keep_in_fp32", &PyLoadOptions::keep_in_fp32)
+      .def_readwrite("device_map", &PyLoadOptions::device_map)
+      .def_readwrite("device_map_strategy", &PyLoadOptions::device_map_strategy)
+      .def_readwrite("max_memory", &PyLoadOptions::max_memory)
+      .def_readwrite("no_split_modules", &PyLoadOptions::no_split_modules)
+      .def_readwrite("offload_folder", &PyLoadOptions::offload_folder)
       .def_readwrite("tensors", &PyLoadOptions::tensors)
       .def_readwrite("tp_size", &PyLoadOptions::tp_size)
       .def_readwrite("tp_rules", &PyLoadOptions::tp_rules)
@@ -250,6 +280,31 @@ PYBIND11_MODULE(_shardcast, m) {
         return py::make_tuple(out, assign ? named_list(targets) : py::list());
       },
       py::arg("targets"), py::arg("checkpoint"), py::arg("options"), py::arg("strict"), py::arg("assign"));
+
+  m.def(
+      "plan",
+      [](const std::string& checkpoint, const PyLoadOptions& py_options) {
+        const LoadOptions options = py_options.to_cpp();
+        DevicePlan plan;
+        {
+          py::gil_scoped_release release;
+          std::lock_guard<std::mutex> lock(load_mutex);
+          plan = job(py_options.timeout).plan(checkpoint, options);
+        }
+        py::dict map, bytes, budgets, out;
+        for (const auto& [prefix, device] : plan.device_map) map[py::str(prefix)] = device;
+        for (const auto& [device, n] : plan.device_bytes) bytes[py::str(device)] = n;
+        for (const auto& [device, n] : plan.budgets) {
+          budgets[py::str(device)] = n == UINT64_MAX ? py::object(py::none()) : py::object(py::int_(n));
+        }
+        out["device_map"] = map;
+        out["device_bytes"] = bytes;
+        out["budgets"] = budgets;
+        out["tensors"] = plan.tensors;
+        out["tensor_bytes"] = plan.tensor_bytes;
+        return out;
+      },
+      py::arg("checkpoint"), py::arg("options"));
 
   m.def(
       "save_sharded",

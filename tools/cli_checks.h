@@ -62,11 +62,11 @@ inline CLI::Validator size_at_least(uint64_t min) {
       "SIZE");
 }
 
-// A dtype as users name it ("bf16", "float16", ...); "auto" too where the command has it.
+// A dtype as users name it ("bf16", "float16", ...); "auto" and "keep" too where the command has them.
 inline CLI::Validator dtype_name(bool allow_auto) {
   return CLI::Validator(
       [allow_auto](std::string& name) -> std::string {
-        if ((allow_auto && name == "auto") || dtype_from_user_name(name)) return {};
+        if ((allow_auto && (name == "auto" || name == "keep")) || dtype_from_user_name(name)) return {};
         return fmt::format("unknown dtype '{}'", name);
       },
       "DTYPE");

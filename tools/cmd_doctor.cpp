@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/catalog.h"
+#include "core/meminfo.h"
 #include "core/size.h"
 #include "launch/launch_env.h"
 #include "shm/node_link.h"
@@ -40,17 +41,6 @@ std::optional<uint64_t> read_number(const fs::path& path) {
   } catch (const std::exception&) {
     return std::nullopt;
   }
-}
-
-uint64_t mem_available() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb = 0;
-  while (in >> key >> kb) {
-    if (key == "MemAvailable:") return kb * 1024;
-    in.ignore(1 << 10, '\n');
-  }
-  return 0;
 }
 
 // The tightest memory limit of this process's cgroup (v2: the cgroup and its ancestors; v1: the memory controller's
@@ -111,7 +101,7 @@ std::vector<Check> run_checks(const shm::Location& location, const std::optional
   }
   checks.push_back(shared);
 
-  const uint64_t available = mem_available();
+  const uint64_t available = mem_available_bytes();
   Check memory{"memory", "ok", fmt::format("{} available (MemAvailable)", format_size(available)), ""};
   if (need && *need > available) {
     memory = {"memory", "fail", memory.detail + "; " + needs,

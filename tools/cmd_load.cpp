@@ -17,13 +17,15 @@
 #include "launch/launch_env.h"
 #include "tools/cli_checks.h"
 #include "tools/commands.h"
+#include "tools/device_map_options.h"
 #include "worker/session.h"
 
 namespace shardcast::cli {
 namespace {
 
 struct LoadArgs {
-  std::string checkpoint, placement = "shared", dtype = "auto", shm_dir, digest_out, report_out;
+  std::string checkpoint, placement = "shared", dtype = "keep", shm_dir, digest_out, report_out;
+  DeviceMapArgs map;
   std::vector<std::string> tensors;
   int timeout_s = 600;
   bool leader_reads_only = false;
@@ -104,6 +106,7 @@ void run_load(const LoadArgs& args) {
   options.gpu.ring_slot_bytes = ring.slot_bytes;
   options.tp.size = args.tp_size;
   for (const std::string& rule : args.tp_rules) options.tp.rules.push_back(parse_slice_rule(rule));
+  apply_device_map_options(args.map, options);
   // Progress on a terminal only (rank 0); quiet under a launcher or in logs.
   if (topo.rank == 0 && isatty(STDERR_FILENO)) {
     options.progress = [&](const std::string& step, size_t batch, size_t batches) {
@@ -157,12 +160,24 @@ void run_load(const LoadArgs& args) {
       report["rank_bytes_received"] = stats.rank_bytes_received;
     }
     if (options.tp.size > 1) report["tp_size"] = options.tp.size;
+    if (!stats.device_map.empty()) {
+      report["device_map"] = nlohmann::ordered_json::object();
+      for (const auto& [prefix, device] : stats.device_map) report["device_map"][prefix] = device;
+      for (const auto& [device, bytes] : stats.device_bytes) report["device_bytes"][device] = bytes;
+      report["ring_bytes"] = stats.ring_bytes;
+    }
     report["peak_rss_bytes"] = peak_rss_bytes();
     for (const auto& [key, bytes] : proportional_memory()) report[key] = bytes;  // measured while the tensors live
     write_text(expand(args.report_out, topo.rank), report.dump(2) + "\n");
   }
   if (topo.rank == 0) {
-    if (options.placement == Placement::kCuda) {
+    if (!stats.device_map.empty()) {
+      std::string where;
+      for (const auto& [device, bytes] : stats.device_bytes)
+        where += fmt::format(", {} on {}", format_size(bytes), device);
+      fmt::print("loaded {} tensors on {} rank(s) in {:.2f} s by device_map{}; {} staged per node\n", state.size(),
+                 topo.world_size, seconds, where, format_size(stats.node_bytes_staged));
+    } else if (options.placement == Placement::kCuda) {
       fmt::print("loaded {} tensors on {} rank(s) in {:.2f} s: placement cuda on {}; {}; host ring {} on this node\n",
                  state.size(), topo.world_size, seconds, stats.device, stats.transport_choice,
                  format_size(stats.ring_bytes));
@@ -203,9 +218,11 @@ void add_load(CLI::App& app) {
                   "PATTERN:DIM: split matching tensors along DIM across the TP group (e.g. '*.q_proj.weight:0')")
       ->check(parsed_by([](const std::string& rule) { parse_slice_rule(rule); }, "PATTERN:DIM"));
   cmd->add_option("--dtype", args.dtype,
-                  "auto keeps the checkpoint's; bf16, f16, f32, f64 convert floats once per node")
+                  "keep: each tensor's own; auto: config.json's torch_dtype (else the first float's); bf16, f16, f32, "
+                  "f64 convert floats once per node")
       ->check(dtype_name(true))
       ->capture_default_str();
+  add_device_map_options(*cmd, args.map);
   cmd->add_option("--tensors", args.tensors, "load only these names (a trailing * matches a prefix)");
   cmd->add_option("--shm-dir", args.shm_dir, "put segments in files in this directory instead of /dev/shm")
       ->check(CLI::ExistingDirectory);

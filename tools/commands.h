@@ -15,6 +15,7 @@ void add_convert(CLI::App& app);
 void add_synth(CLI::App& app);
 void add_info(CLI::App& app);
 void add_load(CLI::App& app);
+void add_plan(CLI::App& app);
 void add_gc(CLI::App& app);
 void add_doctor(CLI::App& app);
 

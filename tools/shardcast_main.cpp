@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   shardcast::cli::add_convert(app);
   shardcast::cli::add_synth(app);
   shardcast::cli::add_load(app);
+  shardcast::cli::add_plan(app);
   shardcast::cli::add_gc(app);
   shardcast::cli::add_doctor(app);
   shardcast::cli::add_info(app);

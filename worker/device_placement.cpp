@@ -42,17 +42,27 @@ std::vector<std::pair<std::string, at::Tensor>> load_on_device(NodeLoader& loade
                                                                const std::filesystem::path& checkpoint,
                                                                const NodeLoadOptions& options, const GpuOptions& gpu,
                                                                LoadStats* stats) {
-  const Topology& topo = group.topology;
   const uint64_t read_before = checkpoint_bytes_read();
-  auto start = Clock::now();
+  const auto start = Clock::now();
   loader.open(checkpoint, options.timeout);
   const double catalog_s = seconds_since(start);
+  auto out = load_on_device_opened(loader, group, options, gpu, stats);
+  stats->phases.insert(stats->phases.begin(), {"catalog", catalog_s});
+  stats->rank_bytes_read = checkpoint_bytes_read() - read_before;
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> load_on_device_opened(NodeLoader& loader, const Group& group,
+                                                                      const NodeLoadOptions& options,
+                                                                      const GpuOptions& gpu, LoadStats* stats) {
+  const Topology& topo = group.topology;
+  const uint64_t read_before = checkpoint_bytes_read();
   const Catalog& catalog = loader.catalog();
   const bool ring_format = catalog.format == CheckpointFormat::kSafetensors;
   RingOptions ring{parse_transport(gpu.transport), gpu.ring_slots, gpu.ring_slot_bytes};
 
   // Every rank finds its device before any collective set-up, so one rank without a GPU fails the job at once.
-  start = Clock::now();
+  auto start = Clock::now();
   const int ordinal = gpu.device >= 0 ? gpu.device : topo.local_rank;
   std::unique_ptr<Error> own;
   auto check = [&](const std::string& step, const std::string& error) {
@@ -142,7 +152,6 @@ std::vector<std::pair<std::string, at::Tensor>> load_on_device(NodeLoader& loade
     stats->transports["staged-shard+h2d"] = out.size();
   }
   stats->phases.insert(stats->phases.begin(), {"device", device_s});
-  stats->phases.insert(stats->phases.begin(), {"catalog", catalog_s});
   stats->rank_bytes_read = checkpoint_bytes_read() - read_before;
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return out;

@@ -29,4 +29,9 @@ std::vector<std::pair<std::string, at::Tensor>> load_on_device(NodeLoader& loade
                                                                const NodeLoadOptions& options, const GpuOptions& gpu,
                                                                LoadStats* stats);
 
+// The same for a catalog `loader` has opened (a device_map load opens it once for all its devices).
+std::vector<std::pair<std::string, at::Tensor>> load_on_device_opened(NodeLoader& loader, const Group& group,
+                                                                      const NodeLoadOptions& options,
+                                                                      const GpuOptions& gpu, LoadStats* stats);
+
 }  // namespace shardcast

@@ -32,6 +32,26 @@ GpuInfo query_gpu_info() {
   return info;
 }
 
+uint64_t gpu_free_bytes(int ordinal) {
+#if SHARDCAST_HAVE_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || ordinal < 0 || ordinal >= count) {
+    cudaGetLastError();
+    return 0;
+  }
+  int before = 0;
+  size_t free = 0, total = 0;
+  cudaGetDevice(&before);
+  const bool ok = cudaSetDevice(ordinal) == cudaSuccess && cudaMemGetInfo(&free, &total) == cudaSuccess;
+  cudaSetDevice(before);
+  cudaGetLastError();
+  return ok ? free : 0;
+#else
+  (void)ordinal;
+  return 0;
+#endif
+}
+
 std::string describe(const GpuInfo& info) {
   if (!info.built_with_cuda) return info.problem;
   auto version = [](int v) { return v ? fmt::format("{}.{}", v / 1000, v % 1000 / 10) : std::string("none"); };

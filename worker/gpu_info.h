@@ -2,6 +2,7 @@
 // is asked for without a GPU.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace shardcast {
@@ -16,6 +17,10 @@ struct GpuInfo {
 };
 
 GpuInfo query_gpu_info();
+
+// Free bytes on CUDA device `ordinal` (cudaMemGetInfo), or 0 when there is no such device or no CUDA: the GPU budget of
+// device_map "auto" when max_memory does not give one.
+uint64_t gpu_free_bytes(int ordinal);
 std::string describe(const GpuInfo& info);
 
 }  // namespace shardcast

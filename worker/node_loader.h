@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "coordinator/catalog.h"
+#include "coordinator/device_map.h"
 #include "coordinator/plan.h"
 #include "coordinator/tensor_parallel.h"
 #include "launch/topology.h"
@@ -97,6 +98,9 @@ struct LoadStats {
   uint64_t ring_bytes = 0;                   // the node's pinned ring (0: no ring on this node)
   uint64_t rank_bytes_to_device = 0;         // host-to-device bytes this rank copied
   uint64_t rank_bytes_received = 0;          // bytes this rank's GPU received over NCCL
+  // With a device_map: the map as resolved (planned for "auto"), and the tensor bytes each device holds.
+  DeviceMap device_map;
+  std::vector<std::pair<std::string, uint64_t>> device_bytes;
 };
 
 // Which load and batch a segment descriptor belongs to, on the node link (the ring: batch 0xffffffff).

@@ -1,6 +1,7 @@
 #include "worker/session.h"
 
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -11,7 +12,11 @@
 
 #include "coordinator/sharded_writer.h"
 #include "coordinator/torch_dtype.h"
+#include "core/io_stats.h"
 #include "core/size.h"
+#include "worker/device_assignment.h"
+#include "worker/disk_load.h"
+#include "worker/load_steps.h"
 #include "worker/torch_bridge.h"
 
 namespace shardcast {
@@ -26,16 +31,51 @@ struct Session::Impl {
   // Every selected tensor as the placement says, sorted by name.
   std::vector<std::pair<std::string, at::Tensor>> load(const std::filesystem::path& checkpoint,
                                                        const NodeLoadOptions& n, const LoadOptions& options);
+
+  // What a device_map load needs from its caller (load or load_into).
+  struct MappedLoad {
+    // The selected names, in the order the planner fills devices (module order).
+    std::function<std::vector<std::string>(const Catalog&)> select;
+    std::function<ModelLayout(const Catalog&, const std::vector<std::string>&, const LoadRequest&)> layout;
+    std::function<void(std::vector<LoadedTensor>&, Placement)> host;    // the cpu part, batch by batch
+    std::function<void(const std::string&, const at::Tensor&)> tensor;  // each cuda and disk tensor
+  };
+  // Opens the catalog, selects, and agrees on each tensor's device: the first half of a device_map load.
+  struct Assigned {
+    LoadRequest request;  // dtype resolved
+    DeviceAssignment assignment;
+    LoadStats stats;
+  };
+  Assigned assign(const std::filesystem::path& checkpoint, const NodeLoadOptions& n, const LoadOptions& options,
+                  const MappedLoad& calls);
+  // Then loads each device's part in turn.
+  void load_mapped(const std::filesystem::path& checkpoint, const NodeLoadOptions& n, const LoadOptions& options,
+                   const MappedLoad& calls);
 };
 
 namespace {
 
+using detail::attempt;
+using detail::Clock;
+using detail::seconds_since;
+
 NodeLoadOptions node_options(const LoadOptions& o) {
   NodeLoadOptions n;
   n.placement = o.placement;
-  if (o.dtype != "auto") {
+  if (o.dtype == "auto") {
+    n.request.dtype_auto = true;
+  } else if (o.dtype != "keep") {
     n.request.dtype = dtype_from_user_name(o.dtype);
-    if (!n.request.dtype) throw Error(ErrorCode::kInvalidArgument, fmt::format("unknown dtype '{}'", o.dtype));
+    if (!n.request.dtype) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("unknown dtype '{}' (keep, auto, bf16, f16, f32, f64)", o.dtype));
+    }
+  }
+  n.request.keep_in_fp32 = o.keep_in_fp32;
+  if (!o.device_map.empty() && !o.device_map_strategy.empty()) {
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        fmt::format("give either a device_map or a device_map strategy ('{}'), not both", o.device_map_strategy));
   }
   n.request.tensors = o.tensors;
   n.request.parallel_read = o.parallel_read;
@@ -58,6 +98,50 @@ at::Tensor host_tensor(const LoadedTensor& t, Placement placement, const TensorP
 
 std::string shape_text(at::IntArrayRef shape) {
   return shape_string(shape.vec());
+}
+
+// The names `patterns` select, in catalog order; a pattern matching nothing is an error (as in make_plan).
+std::vector<std::string> selected_names(const Catalog& catalog, const std::vector<std::string>& patterns) {
+  for (const std::string& pattern : patterns) {
+    if (std::none_of(catalog.tensors.begin(), catalog.tensors.end(),
+                     [&](const TensorInfo& t) { return pattern_matches(pattern, t.name); })) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("tensor '{}' is not in checkpoint '{}'", pattern, catalog.root.string()));
+    }
+  }
+  std::vector<std::string> names;
+  for (const TensorInfo& t : catalog.tensors) {
+    if (tensor_selected(t.name, patterns)) names.push_back(t.name);
+  }
+  return names;
+}
+
+// With no model, the planner's module tree comes from the checkpoint's names.
+ModelLayout layout_of_checkpoint(const Catalog& catalog, const std::vector<std::string>& names,
+                                 const LoadRequest& request) {
+  std::vector<DType> dtypes;
+  for (const std::string& name : names) dtypes.push_back(loaded_dtype(*catalog.find(name), request));
+  return checkpoint_layout(catalog, names, dtypes);
+}
+
+bool mapped(const LoadOptions& o) {
+  return !o.device_map.empty() || !o.device_map_strategy.empty();
+}
+
+// One device's part of a device_map load, added to the whole: its phases under the device's name.
+void add_part(LoadStats& total, const LoadStats& part, const std::string& device) {
+  for (const PhaseTime& p : part.phases) total.phases.push_back({device + " " + p.name, p.seconds});
+  total.node_bytes_staged += part.node_bytes_staged;
+  total.tensor_bytes += part.tensor_bytes;
+  total.rank_bytes_staged += part.rank_bytes_staged;
+  total.tensors += part.tensors;
+  total.segments += part.segments;
+  total.ring_bytes = std::max(total.ring_bytes, part.ring_bytes);
+  total.rank_bytes_to_device += part.rank_bytes_to_device;
+  total.rank_bytes_received += part.rank_bytes_received;
+  if (!part.device.empty()) total.device = part.device;
+  if (!part.transport_choice.empty()) total.transport_choice = part.transport_choice;
+  for (const auto& [how, count] : part.transports) total.transports[how] += count;
 }
 
 }  // namespace
@@ -130,7 +214,104 @@ std::vector<std::pair<std::string, at::Tensor>> Session::Impl::load(const std::f
   return loaded;
 }
 
+Session::Impl::Assigned Session::Impl::assign(const std::filesystem::path& checkpoint, const NodeLoadOptions& n,
+                                              const LoadOptions& options, const MappedLoad& calls) {
+  const Topology& topo = group.topology;
+  const auto start = Clock::now();
+  loader.open(checkpoint, n.timeout);
+  Assigned out;
+  out.stats.phases.push_back({"catalog", seconds_since(start)});
+  const Catalog& catalog = loader.catalog();
+  std::vector<std::string> names;
+  std::unique_ptr<Error> own;
+  loader.agree("select", attempt([&] { names = calls.select(catalog); }, &own), n.timeout);
+  if (own) throw *own;
+  out.request = resolve_dtype(catalog, n.request);
+  ModelLayout layout = calls.layout(catalog, names, out.request);
+  layout.no_split.insert(layout.no_split.end(), options.no_split_modules.begin(), options.no_split_modules.end());
+  const Placement cpu_placement = options.placement == Placement::kCuda ? Placement::kShared : options.placement;
+  const int ordinal = options.gpu.device >= 0 ? options.gpu.device : topo.local_rank;
+  out.assignment =
+      assign_devices(loader, group, layout, {options.device_map, options.device_map_strategy, options.max_memory},
+                     cpu_placement, n.location, ordinal, n.timeout);
+  out.stats.device_map = out.assignment.map;
+  out.stats.device_bytes = out.assignment.bytes;
+  return out;
+}
+
+void Session::Impl::load_mapped(const std::filesystem::path& checkpoint, const NodeLoadOptions& n,
+                                const LoadOptions& options, const MappedLoad& calls) {
+  const uint64_t read_before = checkpoint_bytes_read();
+  Assigned assigned = assign(checkpoint, n, options, calls);
+  const LoadRequest& request = assigned.request;
+  LoadStats& total = assigned.stats;
+  const Placement cpu_placement = options.placement == Placement::kCuda ? Placement::kShared : options.placement;
+  for (const auto& [device, part] : assigned.assignment.parts) {
+    NodeLoadOptions pn = n;
+    pn.request = request;
+    pn.select = [part = part](const Catalog&) { return part; };
+    LoadStats stats;
+    if (device == "cpu") {
+      pn.placement = cpu_placement;
+      stats = loader.load_opened(pn, [&](std::vector<LoadedTensor>& batch) { calls.host(batch, cpu_placement); });
+    } else if (device == "disk") {
+      for (const auto& [name, tensor] : load_from_disk(loader, group, part, request, cpu_placement,
+                                                       options.offload_folder, options.tp, n.timeout, &stats)) {
+        calls.tensor(name, tensor);
+      }
+    } else {
+      GpuOptions gpu = options.gpu;
+      if (device != "cuda") gpu.device = std::stoi(device.substr(5));
+      pn.placement = Placement::kCuda;
+      for (const auto& [name, tensor] : load_on_device_opened(loader, group, pn, gpu, &stats))
+        calls.tensor(name, tensor);
+    }
+    add_part(total, stats, device);
+  }
+  total.rank_bytes_read = checkpoint_bytes_read() - read_before;
+  last = total;
+}
+
+DevicePlan Session::plan(const std::filesystem::path& checkpoint, const LoadOptions& options) {
+  if (!mapped(options)) throw Error(ErrorCode::kInvalidArgument, "plan needs a device_map or a device_map strategy");
+  Impl::MappedLoad calls;
+  calls.select = [&](const Catalog& catalog) { return selected_names(catalog, options.tensors); };
+  calls.layout = layout_of_checkpoint;
+  const Impl::Assigned assigned = impl_->assign(checkpoint, node_options(options), options, calls);
+  DevicePlan plan;
+  plan.device_map = assigned.assignment.map;
+  plan.device_bytes = assigned.assignment.bytes;
+  for (const DeviceBudget& b : assigned.assignment.budgets) plan.budgets.emplace_back(b.device, b.bytes);
+  for (const auto& [device, names] : assigned.assignment.parts) plan.tensors += names.size();
+  for (const auto& [device, bytes] : plan.device_bytes) plan.tensor_bytes += bytes;
+  return plan;
+}
+
 StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptions& options) {
+  if (mapped(options)) {
+    const NodeLoadOptions n = node_options(options);
+    const Topology& topo = impl_->group.topology;
+    const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
+    std::map<std::string, at::Tensor> loaded;
+    std::map<std::string, at::Tensor> by_storage;  // tied .bin weights: one tensor under each name, as torch.load
+    Impl::MappedLoad calls;
+    calls.select = [&](const Catalog& catalog) { return selected_names(catalog, options.tensors); };
+    calls.layout = layout_of_checkpoint;
+    calls.host = [&](std::vector<LoadedTensor>& batch, Placement placement) {
+      for (const LoadedTensor& t : batch) {
+        const std::string& storage =
+            t.info->tied_to.empty() || rank_slice(*t.info, tp).sliced ? t.info->name : t.info->tied_to;
+        auto it = by_storage.find(storage);
+        if (it == by_storage.end()) it = by_storage.emplace(storage, host_tensor(t, placement, tp)).first;
+        loaded[t.info->name] = it->second;
+      }
+    };
+    calls.tensor = [&](const std::string& name, const at::Tensor& tensor) { loaded[name] = tensor; };
+    impl_->load_mapped(checkpoint, n, options, calls);
+    StateDict dict;
+    for (auto& [name, tensor] : loaded) dict.insert(name, std::move(tensor));
+    return dict;
+  }
   auto loaded = impl_->load(checkpoint, node_options(options), options);
   StateDict dict;
   for (auto& [name, tensor] : loaded) dict.insert(name, std::move(tensor));
@@ -139,10 +320,24 @@ StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptio
 
 LoadReport Session::load_into(torch::nn::Module& module, const std::filesystem::path& checkpoint,
                               const LoadOptions& options, bool strict) {
+  // In accelerate's order, which device_map "auto" fills devices in: a module's own parameters, its children, then
+  // its own buffers. no_split_modules may name classes (Module::name()): each such module is kept whole.
   NamedTensors targets;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
-  for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
-  return load_into(targets, checkpoint, options, strict, /*assign=*/false);
+  LoadOptions with_paths = options;
+  const auto& classes = options.no_split_modules;
+  std::function<void(const std::string&, const torch::nn::Module&)> add = [&](const std::string& prefix,
+                                                                              const torch::nn::Module& m) {
+    for (const auto& p : m.named_parameters(/*recurse=*/false)) targets.emplace_back(prefix + p.key(), p.value());
+    for (const auto& child : m.named_children()) {
+      if (std::find(classes.begin(), classes.end(), child.value()->name()) != classes.end()) {
+        with_paths.no_split_modules.push_back(prefix + child.key());
+      }
+      add(prefix + child.key() + ".", *child.value());
+    }
+    for (const auto& b : m.named_buffers(/*recurse=*/false)) targets.emplace_back(prefix + b.key(), b.value());
+  };
+  add("", module);
+  return load_into(targets, checkpoint, with_paths, strict, /*assign=*/false);
 }
 
 LoadReport Session::load_into(NamedTensors& named, const std::filesystem::path& checkpoint, const LoadOptions& options,
@@ -154,7 +349,7 @@ LoadReport Session::load_into(NamedTensors& named, const std::filesystem::path& 
   NodeLoadOptions n = node_options(options);
   const Topology& topo = impl_->group.topology;
   const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
-  n.select = [&](const Catalog& catalog) {
+  auto select = [&](const Catalog& catalog) {
     std::vector<std::string> wanted;
     std::set<std::string> in_checkpoint;
     for (const TensorInfo& t : catalog.tensors) {
@@ -193,6 +388,7 @@ LoadReport Session::load_into(NamedTensors& named, const std::filesystem::path& 
     }
     return wanted;
   };
+  n.select = select;
 
   std::set<const void*> filled;
   std::map<const void*, at::Tensor> assigned;  // assign: the loaded tensor for each target TensorImpl
@@ -202,47 +398,76 @@ LoadReport Session::load_into(NamedTensors& named, const std::filesystem::path& 
     ++report.loaded;
     return &target;
   };
-  torch::NoGradGuard no_grad;
-  if (options.placement == Placement::kCuda) {
-    // The parameters become the rank's device tensors (in the checkpoint's or the asked dtype): no second copy.
-    for (auto& [name, tensor] : impl_->load(checkpoint, n, options)) {
-      at::Tensor* target = first_fill(name);
+  // A whole tensor (cuda or disk): the parameter becomes it (in the checkpoint's or the asked dtype), no second copy.
+  auto fill_tensor = [&](const std::string& name, const at::Tensor& tensor) {
+    at::Tensor* target = first_fill(name);
+    if (!target) return;
+    if (assign) {
+      assigned[target->unsafeGetTensorImpl()] = tensor;
+    } else {
+      target->set_data(tensor);
+    }
+  };
+  // A tied storage in the checkpoint is one place in the segment: a second, separate parameter gets its own copy,
+  // as load_state_dict copies into each (writes to one must not show in the other).
+  std::map<const uint8_t*, const c10::TensorImpl*> holder;
+  auto fill_host = [&](std::vector<LoadedTensor>& batch, Placement placement) {
+    for (const LoadedTensor& t : batch) {
+      at::Tensor* target = first_fill(t.info->name);
       if (!target) continue;
+      const bool aliased = t.nbytes > 0 && !holder.emplace(t.data, target->unsafeGetTensorImpl()).second &&
+                           holder.at(t.data) != target->unsafeGetTensorImpl();
+      const bool same_dtype = to_scalar_type(t.dtype) == target->scalar_type();
       if (assign) {
-        assigned[target->unsafeGetTensorImpl()] = tensor;
+        assigned[target->unsafeGetTensorImpl()] = host_tensor(t, placement, tp);
+      } else if (placement == Placement::kPrivate && same_dtype) {
+        // in place, on whatever device the module lives: no second copy
+        target->copy_(host_tensor(t, Placement::kShared, tp));
+      } else if (!target->device().is_cpu()) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    fmt::format("parameter '{}' is on {}: the {} placement gives host views; use private (copies "
+                                "into the module in its dtype {}), cuda, or load before moving the module",
+                                t.info->name, target->device().str(), placement_name(placement),
+                                c10::toString(target->scalar_type())));
       } else {
-        target->set_data(tensor);
+        // shared/cow: the parameter becomes the staged view; a different dtype (dtype "keep" or "auto") follows the
+        // checkpoint, as transformers' torch_dtype="auto" does.
+        target->set_data(host_tensor(t, aliased ? Placement::kPrivate : placement, tp));
       }
     }
-  } else {
-    // A tied storage in the checkpoint is one place in the segment: a second, separate parameter gets its own copy,
-    // as load_state_dict copies into each (writes to one must not show in the other).
-    std::map<const uint8_t*, const c10::TensorImpl*> holder;
-    impl_->last = impl_->loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
-      for (const LoadedTensor& t : batch) {
-        at::Tensor* target = first_fill(t.info->name);
-        if (!target) continue;
-        const bool aliased = t.nbytes > 0 && !holder.emplace(t.data, target->unsafeGetTensorImpl()).second &&
-                             holder.at(t.data) != target->unsafeGetTensorImpl();
-        const bool same_dtype = to_scalar_type(t.dtype) == target->scalar_type();
-        if (assign) {
-          assigned[target->unsafeGetTensorImpl()] = host_tensor(t, options.placement, tp);
-        } else if (options.placement == Placement::kPrivate && same_dtype) {
-          // in place, on whatever device the module lives: no second copy
-          target->copy_(host_tensor(t, Placement::kShared, tp));
-        } else if (!target->device().is_cpu()) {
-          throw Error(ErrorCode::kInvalidArgument,
-                      fmt::format("parameter '{}' is on {}: the {} placement gives host views; use private (copies "
-                                  "into the module in its dtype {}), cuda, or load before moving the module",
-                                  t.info->name, target->device().str(), placement_name(options.placement),
-                                  c10::toString(target->scalar_type())));
-        } else {
-          // shared/cow: the parameter becomes the staged view; a different dtype (dtype "auto") follows the
-          // checkpoint, as transformers' torch_dtype="auto" does.
-          target->set_data(host_tensor(t, aliased ? Placement::kPrivate : options.placement, tp));
-        }
+  };
+  torch::NoGradGuard no_grad;
+  if (mapped(options)) {
+    Impl::MappedLoad calls;
+    calls.select = [&](const Catalog& catalog) {  // in module order
+      const std::vector<std::string> wanted = select(catalog);
+      const std::set<std::string> chosen(wanted.begin(), wanted.end());
+      std::vector<std::string> ordered;
+      for (const auto& item : named) {
+        if (chosen.count(item.first)) ordered.push_back(item.first);
       }
-    });
+      return ordered;
+    };
+    calls.layout = [&](const Catalog& catalog, const std::vector<std::string>& names, const LoadRequest& request) {
+      ModelLayout layout;
+      std::map<const void*, std::string> first_name;  // tied parameters: one TensorImpl, the device of its first name
+      for (const std::string& name : names) {
+        const TensorInfo& t = *catalog.find(name);
+        ModelTensor m{name, t.numel() * dtype_size(loaded_dtype(t, request)), t.tied_to};
+        auto [it, first] = first_name.emplace(targets.at(name).unsafeGetTensorImpl(), name);
+        if (!first) m.tied_to = it->second;
+        layout.tensors.push_back(std::move(m));
+      }
+      return layout;
+    };
+    calls.host = fill_host;
+    calls.tensor = fill_tensor;
+    impl_->load_mapped(checkpoint, n, options, calls);
+  } else if (options.placement == Placement::kCuda) {
+    for (auto& [name, tensor] : impl_->load(checkpoint, n, options)) fill_tensor(name, tensor);
+  } else {
+    impl_->last = impl_->loader.load(checkpoint, n,
+                                     [&](std::vector<LoadedTensor>& batch) { fill_host(batch, options.placement); });
   }
   if (assign) {
     for (auto& [name, tensor] : named) {

@@ -19,15 +19,28 @@ namespace shardcast {
 
 struct LoadOptions {
   Placement placement = Placement::kShared;  // shared (read-only views), cow, private copies, or cuda
-  std::string dtype = "auto";                // "auto" keeps the checkpoint's; or bf16, f16, f32, f64 for floats
-  std::vector<std::string> tensors;          // empty = all; "prefix*" or exact names
-  std::filesystem::path shm_dir;             // empty: /dev/shm (or $SHARDCAST_SHM_DIR); else file-backed segments here
-  std::chrono::seconds timeout{600};         // for each wait between ranks, staging included
-  bool parallel_read = true;                 // every local rank reads part of the shards (false: the leader alone)
-  GpuOptions gpu;                            // placement cuda: device, transport, ring
+  // Floating tensors: "keep" each one's own dtype; "auto" as transformers' torch_dtype="auto" (config.json's
+  // torch_dtype, else the first floating tensor's); or bf16, f16, f32, f64. Converted once per node (or on the GPU).
+  std::string dtype = "keep";
+  std::vector<std::string> keep_in_fp32;  // with dtype f16/bf16: modules loaded in F32 (transformers' keep_in_fp32)
+  std::vector<std::string> tensors;       // empty = all; "prefix*" or exact names
+  std::filesystem::path shm_dir;          // empty: /dev/shm (or $SHARDCAST_SHM_DIR); else file-backed segments here
+  std::chrono::seconds timeout{600};      // for each wait between ranks, staging included
+  bool parallel_read = true;              // every local rank reads part of the shards (false: the leader alone)
+  GpuOptions gpu;                         // placement cuda: device, transport, ring
   // Tensor-parallel slices: tensors matching a rule come back as this rank's slice (rank r holds slice r % tp.size;
   // tp.rank is ignored). Views for shared/cow, copies of the slice alone for private and cuda.
   TensorParallel tp;
+  // Where each tensor lives (docs/loading.md "device_map"): module or parameter prefixes -> "cuda" (the rank's GPU),
+  // "cuda:K", "cpu" (the node's one copy, by `placement`: shared, cow or private) or "disk" (mapped from the checkpoint
+  // file, or from offload_folder). Empty: every tensor by `placement`.
+  DeviceMap device_map;
+  // "auto", "balanced" or "sequential": plan the map (accelerate's infer_auto_device_map) within max_memory, keeping
+  // no_split_modules whole; replaces device_map.
+  std::string device_map_strategy;
+  std::vector<std::pair<std::string, uint64_t>> max_memory;  // "cuda"/"cuda:K"/"cpu"/"disk" -> bytes; empty: free
+  std::vector<std::string> no_split_modules;  // module paths (load_into a Module: also class names, Module::name())
+  std::filesystem::path offload_folder;       // where disk tensors that cannot be mapped in place are written
   // Called as each step of each batch starts: "create", "stage", "attach", "materialize" (progress displays).
   std::function<void(const std::string& step, size_t batch, size_t batches)> progress;
   // Called as the node's copy fills: bytes of this load done and in all (byte progress bars).
@@ -45,7 +58,16 @@ struct LoadReport {
   std::vector<std::string> unexpected_keys;  // in the checkpoint, not in the module
   std::vector<std::string> mismatched_keys;  // "name: checkpoint [a,b] vs module [c,d]"
   size_t loaded = 0;                         // module tensors that received checkpoint data
-  LoadStats stats;
+  LoadStats stats;                           // with a device_map: stats.device_map, stats.device_bytes
+};
+
+// What a device_map comes to for a checkpoint, without loading it (Session::plan, `shardcast plan`).
+struct DevicePlan {
+  DeviceMap device_map;                                        // resolved (planned for a strategy)
+  std::vector<std::pair<std::string, uint64_t>> device_bytes;  // tensor bytes per device
+  std::vector<std::pair<std::string, uint64_t>> budgets;       // a strategy's budgets (UINT64_MAX: unbounded)
+  size_t tensors = 0;
+  uint64_t tensor_bytes = 0;
 };
 
 // Writes a state dict as a Hugging Face style sharded safetensors checkpoint into a new or empty directory:
@@ -86,6 +108,10 @@ class Session {
   // nn.Module.load_state_dict(assign=True) does; the caller puts them into its module. Targets may be on meta.
   LoadReport load_into(NamedTensors& targets, const std::filesystem::path& checkpoint, const LoadOptions& options,
                        bool strict, bool assign);
+
+  // The device_map (options.device_map or device_map_strategy) this load would use, without loading: every rank of
+  // the session calls it; a strategy is planned on rank 0 with budgets all ranks agree on.
+  DevicePlan plan(const std::filesystem::path& checkpoint, const LoadOptions& options = {});
 
   const LoadStats& last_stats() const;
 

@@ -42,6 +42,7 @@ __all__ = [
     "inspect",
     "load",
     "load_into",
+    "plan",
     "save_sharded",
     "topology",
     "verify",
@@ -49,6 +50,10 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 DType = Union[str, torch.dtype]
+Device = Union[int, str, torch.device]
+DeviceMap = Union[str, Mapping[str, Device]]
+MaxMemory = Mapping[Union[int, str], Union[int, str]]
+MAP_STRATEGIES = ("auto", "balanced", "sequential")
 
 PLACEMENTS = ("shared", "cow", "private", "cuda")
 TRANSPORTS = ("auto", "h2d", "nccl", "scatter")
@@ -62,14 +67,44 @@ class LoadResult(NamedTuple):
     mismatched_keys: List[str]  # "name: checkpoint [a, b] vs module [c, d]"
     loaded: int  # module tensors that received checkpoint data (tied ones count once)
     stats: Dict[str, Any]  # phase times, bytes read and staged by this rank, bytes staged on the node
+    device_map: Optional[Dict[str, str]] = None  # with a device_map: the map as resolved (planned for "auto")
 
 
 def _dtype_name(dtype: DType) -> str:
     if isinstance(dtype, torch.dtype):
         return str(dtype)  # "torch.bfloat16": the core reads torch's names
     if not isinstance(dtype, str):
-        raise ValueError(f"dtype must be 'auto', a name such as 'bf16', or a torch.dtype, not {dtype!r}")
+        raise ValueError(f"dtype must be 'keep', 'auto', a name such as 'bf16', or a torch.dtype, not {dtype!r}")
     return dtype
+
+
+def _device_name(device: Device) -> str:
+    if isinstance(device, bool):
+        raise ValueError(f"device_map value {device!r} is not a device")
+    if isinstance(device, int):
+        return f"cuda:{device}"
+    return str(device)  # a torch.device prints as "cuda:1", "cpu"
+
+
+def _set_device_map(
+    o: "_C.LoadOptions",
+    device_map: Optional[DeviceMap],
+    max_memory: Optional[MaxMemory],
+    offload_folder: Optional[PathLike],
+    no_split: Sequence[str],
+    keep_in_fp32: Optional[Iterable[str]],
+) -> None:
+    if isinstance(device_map, str):
+        if device_map not in MAP_STRATEGIES:
+            raise ValueError(f"device_map={device_map!r} is not one of {', '.join(MAP_STRATEGIES)} or a dict")
+        o.device_map_strategy = device_map
+    elif device_map is not None:
+        o.device_map = [(str(prefix), _device_name(device)) for prefix, device in device_map.items()]
+    if max_memory is not None:
+        o.max_memory = [(_device_name(device), str(size)) for device, size in max_memory.items()]
+    o.offload_folder = os.fspath(offload_folder) if offload_folder is not None else ""
+    o.no_split_modules = list(no_split)
+    o.keep_in_fp32 = list(keep_in_fp32) if keep_in_fp32 is not None else []
 
 
 class _Progress:
@@ -157,7 +192,7 @@ def load(
     checkpoint: PathLike,
     *,
     placement: str = "shared",
-    dtype: DType = "auto",
+    dtype: DType = "keep",
     tensors: Optional[Iterable[str]] = None,
     tp_size: int = 1,
     tp_rules: Optional[Union[Mapping[str, int], Iterable[str]]] = None,
@@ -165,6 +200,11 @@ def load(
     shm_dir: Optional[PathLike] = None,
     device: Optional[Union[int, str, torch.device]] = None,
     transport: str = "auto",
+    device_map: Optional[DeviceMap] = None,
+    max_memory: Optional[MaxMemory] = None,
+    offload_folder: Optional[PathLike] = None,
+    no_split_modules: Optional[Iterable[str]] = None,
+    keep_in_fp32_modules: Optional[Iterable[str]] = None,
     verbose: Optional[bool] = None,
 ) -> Dict[str, torch.Tensor]:
     """Loads a checkpoint as this rank's state dict; every rank of the job calls it.
@@ -175,8 +215,17 @@ def load(
         SIGSEGV, after a message naming the segment), "cow" (zero-copy views whose writes stay in this rank: trainable),
         "private" (this rank's own copies, staged one shard at a time), "cuda" (tensors on cuda:LOCAL_RANK, or
         `device`, through the node's pinned ring; `transport` auto, h2d, nccl or scatter).
-    dtype: "auto" keeps each tensor's dtype; "bf16", "f16", "f32", "f64" or a torch.dtype converts floating tensors
-        once per node.
+    dtype: "keep" keeps each tensor's dtype; "auto" is transformers' torch_dtype="auto" (config.json's torch_dtype,
+        else the first floating tensor's); "bf16", "f16", "f32", "f64" or a torch.dtype converts floating tensors
+        once per node. keep_in_fp32_modules: with a float16/bfloat16 dtype, modules whose floating tensors load in
+        float32 instead.
+    device_map: where each tensor lives, as in transformers: {"model.layers.0": "cuda", "lm_head": 0, "": "cpu"}
+        (module or parameter prefixes, longest wins; "cuda" is this rank's GPU, K or "cuda:K" device K; "cpu" the
+        node's one copy by `placement`; "disk" mapped from the checkpoint file, or written once per node to
+        offload_folder when it must be converted or is a .bin), or "auto"/"balanced"/"sequential": planned within
+        max_memory ({0: "20GiB", "cpu": "60GiB"}: GPU per rank, cpu per node; default: what is free), keeping
+        no_split_modules (module paths) and each layer ("model.layers.3") whole. plan() shows the map a load would
+        use, without loading.
     tensors: only these names ("prefix*" matches a prefix).
     tp_size, tp_rules: tensor-parallel slices: rank r holds slice r % tp_size of tensors matching a rule, given as
         {"*.q_proj.weight": 0} or ["*.q_proj.weight:0"] (torch.tensor_split along that dim).
@@ -189,9 +238,21 @@ def load(
     files), TimeoutError, PeerError (another rank failed: .ranks), OSError.
     """
     options = _options(placement, dtype, tensors, tp_size, tp_rules, timeout, shm_dir, device, transport)
+    _set_device_map(options, device_map, max_memory, offload_folder, list(no_split_modules or []), keep_in_fp32_modules)
     with _progress_for(options, "shardcast: loading", verbose):
         named, _ = _C.load(os.fspath(checkpoint), options)
     return dict(named)
+
+
+def _accelerate_order(module: torch.nn.Module, prefix: str = "") -> Iterator[str]:
+    """Tensor names in the order accelerate's infer_auto_device_map fills devices: a module's own parameters, its
+    children, then its own buffers."""
+    for name, _ in module.named_parameters(recurse=False):
+        yield prefix + name
+    for name, child in module.named_children():
+        yield from _accelerate_order(child, f"{prefix}{name}.")
+    for name, _ in module.named_buffers(recurse=False):
+        yield prefix + name
 
 
 def _owner(module: torch.nn.Module, name: str) -> Tuple[torch.nn.Module, str]:
@@ -225,7 +286,7 @@ def load_into(
     strict: bool = True,
     assign: bool = False,
     placement: str = "cow",
-    dtype: DType = "auto",
+    dtype: DType = "keep",
     tensors: Optional[Iterable[str]] = None,
     tp_size: int = 1,
     tp_rules: Optional[Union[Mapping[str, int], Iterable[str]]] = None,
@@ -233,6 +294,11 @@ def load_into(
     shm_dir: Optional[PathLike] = None,
     device: Optional[Union[int, str, torch.device]] = None,
     transport: str = "auto",
+    device_map: Optional[DeviceMap] = None,
+    max_memory: Optional[MaxMemory] = None,
+    offload_folder: Optional[PathLike] = None,
+    no_split_module_classes: Optional[Iterable[str]] = None,
+    keep_in_fp32_modules: Optional[Iterable[str]] = None,
     verbose: Optional[bool] = None,
 ) -> LoadResult:
     """Loads a checkpoint into `model` by name, as model.load_state_dict(state_dict, strict, assign) would, without
@@ -251,17 +317,64 @@ def load_into(
         requires_grad; tied names stay tied), as load_state_dict(assign=True) does: the way to load a model built
         under init_empty_weights().
 
+    device_map: as for load(); "auto" plans over the model's own module tree (in its state_dict order), keeping
+        modules whose class is in no_split_module_classes (transformers' _no_split_modules) whole and tied
+        parameters on one device. The map used is the result's device_map and model.hf_device_map.
+
     Other arguments as for load(); placement defaults to "cow" (trainable, zero-copy until written).
     """
     options = _options(placement, dtype, tensors, tp_size, tp_rules, timeout, shm_dir, device, transport)
+    if no_split_module_classes is None:
+        no_split_module_classes = getattr(model, "_no_split_modules", None) or []
+    classes = set(no_split_module_classes)
+    no_split = [name for name, m in model.named_modules() if name and type(m).__name__ in classes]
+    if keep_in_fp32_modules is None:
+        keep_in_fp32_modules = getattr(model, "_keep_in_fp32_modules", None)
+    _set_device_map(options, device_map, max_memory, offload_folder, no_split, keep_in_fp32_modules)
     targets = [(name, t) for name, t in model.state_dict(keep_vars=True).items() if isinstance(t, torch.Tensor)]
+    order = {name: i for i, name in enumerate(_accelerate_order(model))}
+    targets.sort(key=lambda item: order.get(item[0], len(order)))
     with _progress_for(options, "shardcast: loading", verbose):
         report, assigned = _C.load_into(targets, os.fspath(checkpoint), options, bool(strict), bool(assign))
     if assign:
         _assign(model, assigned)
+    resolved = report["stats"].get("device_map")
+    if resolved is not None:
+        # transformers' form: GPUs as their index ("cuda" is this rank's: `device`, else LOCAL_RANK).
+        own = options.device if options.device >= 0 else topology(timeout)["local_rank"]
+        model.hf_device_map = {
+            prefix: own if where == "cuda" else int(where[5:]) if where.startswith("cuda:") else where
+            for prefix, where in resolved.items()
+        }
     return LoadResult(
-        report["missing_keys"], report["unexpected_keys"], report["mismatched_keys"], report["loaded"], report["stats"]
+        report["missing_keys"],
+        report["unexpected_keys"],
+        report["mismatched_keys"],
+        report["loaded"],
+        report["stats"],
+        resolved,
     )
+
+
+def plan(
+    checkpoint: PathLike,
+    *,
+    device_map: DeviceMap = "auto",
+    max_memory: Optional[MaxMemory] = None,
+    placement: str = "shared",
+    dtype: DType = "keep",
+    tensors: Optional[Iterable[str]] = None,
+    no_split_modules: Optional[Iterable[str]] = None,
+    keep_in_fp32_modules: Optional[Iterable[str]] = None,
+    timeout: float = 600,
+    shm_dir: Optional[PathLike] = None,
+) -> Dict[str, Any]:
+    """The device_map load() would use for the checkpoint, without loading it (as `shardcast plan`): every rank of
+    the job calls it. Returns {"device_map": {prefix: device}, "device_bytes": {device: bytes}, "budgets": {device:
+    bytes or None for unbounded}, "tensors": n, "tensor_bytes": bytes}."""
+    options = _options(placement, dtype, tensors, 1, None, timeout, shm_dir, None, "auto")
+    _set_device_map(options, device_map, max_memory, None, list(no_split_modules or []), keep_in_fp32_modules)
+    return _C.plan(os.fspath(checkpoint), options)
 
 
 @contextlib.contextmanager

@@ -105,6 +105,28 @@ TEST(Cli, NonPositiveTimeoutsCountsAndSizesExitTwoNamingTheOption) {
 
 // An output file that cannot be written is found before the load (which may take minutes), naming option and path;
 // `{rank}` is expanded as the load will expand it.
+TEST(Cli, PlanPrintsTheDeviceMapWithoutLoadingAsATableAndJson) {
+  TempDir dir;
+  ok({"synth", (dir / "ckpt").string(), "--size", "2MB", "--dtypes", "torch"});
+  const CommandResult table = ok({"plan", (dir / "ckpt").string(), "--device-map", "auto", "--max-memory", "cpu=1MB"});
+  EXPECT_CONTAINS(table.out, "device_map for");
+  EXPECT_CONTAINS(table.out, "1.00 MB");    // the cpu budget
+  EXPECT_CONTAINS(table.out, "unbounded");  // disk
+  const auto plan = nlohmann::json::parse(
+      ok({"plan", (dir / "ckpt").string(), "--device-map", "auto", "--max-memory", "cpu=1MB", "--json"}).out);
+  EXPECT_LE(plan["device_bytes"]["cpu"].get<uint64_t>(), 1'000'000u);
+  EXPECT_EQ(plan["device_bytes"]["cpu"].get<uint64_t>() + plan["device_bytes"]["disk"].get<uint64_t>(),
+            plan["tensor_bytes"].get<uint64_t>());
+  EXPECT_EQ(plan["budgets"]["disk"], nullptr);
+  // Nothing fits: exit 1 with the numbers; a bad map or budget: exit 2 naming the option.
+  const CommandResult none =
+      run_cli({"plan", (dir / "ckpt").string(), "--device-map", "auto", "--max-memory", "cpu=1KB,disk=0"});
+  EXPECT_EQ(none.exit_code, 1) << describe(none);
+  EXPECT_CONTAINS(none.err, "fits on no device");
+  EXPECT_EQ(run_cli({"plan", (dir / "ckpt").string(), "--device-map", "model=gpu"}).exit_code, 2);
+  EXPECT_EQ(run_cli({"plan", (dir / "ckpt").string(), "--device-map", "auto", "--max-memory", "cpu"}).exit_code, 2);
+}
+
 TEST(Cli, UnwritableOutputFilesExitTwoBeforeLoading) {
   TempDir dir;
   const std::string ckpt = (dir / "ckpt").string();

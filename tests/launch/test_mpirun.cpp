@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "coordinator/synth.h"
 #include "tests/support/load_job.h"
 #include "tests/support/run_command.h"
@@ -103,6 +105,40 @@ INSTANTIATE_TEST_SUITE_P(TwoAndThree, VirtualNodes,
                            return std::to_string(std::get<0>(info.param)) + "Nodes_" +
                                   std::string(format_name(std::get<1>(info.param)));
                          });
+
+// A device_map mixing the node's shared copy, disk and the GPU ring (host stand-in) on 4 ranks: bit-exact on every
+// rank, the same resolved map and bytes per device on every rank, the cpu part alone staged per node.
+TEST(Mpirun, AMixedDeviceMapIsBitExactOnEveryRankAndStagesOnlyTheCpuPart) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 4'000'000, 1'000'000, CheckpointFormat::kSafetensors, true);
+  std::vector<std::string> args{"load",
+                                (dir / "ckpt").string(),
+                                "--device-map",
+                                "model.layers.0=cuda,model.layers.1=disk,=cpu",
+                                "--device-stand-in",
+                                "--ring",
+                                "2x64KiB"};
+  for (const std::string& a : testing::load_outputs(dir.path())) args.push_back(a);
+  auto r = mpirun(4, args);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const testing::LoadJob job = testing::expect_bit_exact_job(dir.path(), 4, dir / "ckpt");
+  const nlohmann::json& first = job.reports[0];
+  EXPECT_EQ(first["device_map"],
+            nlohmann::json::parse(R"({"model.layers.0": "cuda", "model.layers.1": "disk", "": "cpu"})"));
+  const uint64_t cpu = first["device_bytes"]["cpu"], cuda = first["device_bytes"]["cuda"],
+                 disk = first["device_bytes"]["disk"];
+  EXPECT_EQ(cpu + cuda + disk, first["tensor_bytes"].get<uint64_t>());
+  EXPECT_GT(cuda, 0u);
+  EXPECT_GT(disk, 0u);
+  for (const auto& report : job.reports) {
+    EXPECT_EQ(report["device_map"], first["device_map"]);
+    EXPECT_EQ(report["device_bytes"], first["device_bytes"]);
+    // The node's segments: the cpu part (64-byte aligned) and the two 64 KiB ring slots, never the disk part.
+    EXPECT_GE(report["node_bytes_staged"].get<uint64_t>(), cpu);
+    EXPECT_LE(report["node_bytes_staged"].get<uint64_t>(), cpu + 64 * 1024 + 2 * 65536);
+  }
+  EXPECT_TRUE(testing::segments_in_dev_shm(job.job_id).empty());
+}
 
 TEST(Mpirun, AMissingCheckpointFailsEveryRankWithRankZerosReason) {
   TempDir dir;

@@ -41,7 +41,7 @@ def test_assign_onto_a_meta_model_loads_every_key_and_keeps_ties(placement, safe
     assert isinstance(model.embed.weight, nn.Parameter) and model.embed.weight.requires_grad
     assert not model.layers[0].norm.weight.requires_grad
     assert torch.equal(model.rotary, torch.arange(4.0)), "a non-persistent buffer was touched"
-    assert model.layers[0].attn.weight.dtype == torch.bfloat16  # dtype "auto": the checkpoint's
+    assert model.layers[0].attn.weight.dtype == torch.bfloat16  # dtype "keep": the checkpoint's
 
 
 def test_assign_with_dtype_converts_floats(safetensors_ckpt, tensors):

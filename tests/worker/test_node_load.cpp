@@ -44,7 +44,7 @@ TEST_P(ForkedLoad, EveryRankHoldsTheCheckpointBitExact) {
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 3'000'000, 900'000, c.format, /*torch_dtypes_only=*/true);
   fs::path reference = dir / "ckpt";
-  if (c.dtype != "auto") {
+  if (c.dtype != "keep") {
     ConvertOptions convert;
     convert.dtype = dtype_from_user_name(c.dtype);
     convert_checkpoint(dir / "ckpt", dir / "converted", convert);
@@ -66,13 +66,13 @@ TEST_P(ForkedLoad, EveryRankHoldsTheCheckpointBitExact) {
 }
 
 INSTANTIATE_TEST_SUITE_P(RanksPlacementsFormats, ForkedLoad,
-                         ::testing::Values(Case{1, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
-                                           Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
-                                           Case{4, Placement::kShared, CheckpointFormat::kSafetensors, "auto"},
-                                           Case{3, Placement::kCopyOnWrite, CheckpointFormat::kSafetensors, "auto"},
-                                           Case{3, Placement::kPrivate, CheckpointFormat::kSafetensors, "auto"},
-                                           Case{2, Placement::kShared, CheckpointFormat::kTorchBin, "auto"},
-                                           Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "auto"},
+                         ::testing::Values(Case{1, Placement::kShared, CheckpointFormat::kSafetensors, "keep"},
+                                           Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "keep"},
+                                           Case{4, Placement::kShared, CheckpointFormat::kSafetensors, "keep"},
+                                           Case{3, Placement::kCopyOnWrite, CheckpointFormat::kSafetensors, "keep"},
+                                           Case{3, Placement::kPrivate, CheckpointFormat::kSafetensors, "keep"},
+                                           Case{2, Placement::kShared, CheckpointFormat::kTorchBin, "keep"},
+                                           Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "keep"},
                                            Case{2, Placement::kShared, CheckpointFormat::kSafetensors, "f32"},
                                            Case{2, Placement::kPrivate, CheckpointFormat::kTorchBin, "bf16"}),
                          [](const auto& info) {
