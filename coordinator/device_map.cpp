@@ -61,10 +61,6 @@ std::vector<std::pair<std::string, std::string>> key_values(const std::string& t
   return out;
 }
 
-std::string budget_text(uint64_t bytes) {
-  return bytes == std::numeric_limits<uint64_t>::max() ? "unbounded" : format_size(bytes);
-}
-
 // The module tree: one node per module path, tensors as leaves.
 struct Node {
   std::string path;
@@ -339,6 +335,10 @@ std::vector<std::pair<std::string, uint64_t>> parse_max_memory(const std::string
     out.emplace_back(device, parse_size(size));
   }
   return out;
+}
+
+std::string budget_text(uint64_t bytes) {
+  return bytes == std::numeric_limits<uint64_t>::max() ? "unbounded" : format_size(bytes);
 }
 
 int device_rank(const std::string& device) {

@@ -80,6 +80,9 @@ DeviceMap parse_device_map(const std::string& text);
 // parse_size reads them. Throws kInvalidArgument naming the entry.
 std::vector<std::pair<std::string, uint64_t>> parse_max_memory(const std::string& text);
 
+// A budget as the planner's messages and `shardcast plan` print it: "unbounded" for UINT64_MAX, else format_size.
+std::string budget_text(uint64_t bytes);
+
 // "cuda" < "cuda:0" < "cuda:1" < ... < "cpu" < "disk": the order budgets are filled in.
 int device_rank(const std::string& device);
 

@@ -38,6 +38,19 @@ bool pattern_matches(const std::string& pattern, const std::string& name) {
   return name == pattern;
 }
 
+void check_patterns_match(const Catalog& catalog, const std::vector<std::string>& patterns) {
+  for (const std::string& pattern : patterns) {
+    const bool any = pattern.empty() || pattern.back() != '*'
+                         ? catalog.find(pattern) != nullptr
+                         : std::any_of(catalog.tensors.begin(), catalog.tensors.end(),
+                                       [&](const TensorInfo& t) { return pattern_matches(pattern, t.name); });
+    if (!any) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("tensor '{}' is not in checkpoint '{}'", pattern, catalog.root.string()));
+    }
+  }
+}
+
 bool tensor_selected(const std::string& name, const std::vector<std::string>& patterns) {
   if (patterns.empty()) return true;
   return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) { return pattern_matches(p, name); });
@@ -91,16 +104,7 @@ LoadRequest resolve_dtype(const Catalog& catalog, LoadRequest request) {
 
 Plan make_plan(const Catalog& catalog, const LoadRequest& unresolved, int local_size, int node_count) {
   const LoadRequest request = resolve_dtype(catalog, unresolved);
-  for (const std::string& pattern : request.tensors) {
-    const bool any = pattern.empty() || pattern.back() != '*'
-                         ? catalog.find(pattern) != nullptr
-                         : std::any_of(catalog.tensors.begin(), catalog.tensors.end(),
-                                       [&](const TensorInfo& t) { return pattern_matches(pattern, t.name); });
-    if (!any) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  fmt::format("tensor '{}' is not in checkpoint '{}'", pattern, catalog.root.string()));
-    }
-  }
+  check_patterns_match(catalog, request.tensors);
 
   const std::set<std::string> listed(request.tensors.begin(), request.tensors.end());
   Plan plan;

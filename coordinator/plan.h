@@ -82,6 +82,9 @@ LoadRequest resolve_dtype(const Catalog& catalog, LoadRequest request);
 // Does `name` match `pattern`: the exact name, or a prefix when the pattern ends in '*'?
 bool pattern_matches(const std::string& pattern, const std::string& name);
 
+// Throws kInvalidArgument naming the first pattern that matches no tensor of the catalog.
+void check_patterns_match(const Catalog& catalog, const std::vector<std::string>& patterns);
+
 // Is `name` selected by the request's patterns?
 bool tensor_selected(const std::string& name, const std::vector<std::string>& patterns);
 

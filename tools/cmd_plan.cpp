@@ -20,10 +20,6 @@ struct PlanArgs {
   bool json = false;
 };
 
-std::string budget_text(uint64_t bytes) {
-  return bytes == std::numeric_limits<uint64_t>::max() ? "unbounded" : format_size(bytes);
-}
-
 void run_plan(const PlanArgs& args) {
   Session session = Session::from_env();
   LoadOptions options;

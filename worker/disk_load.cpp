@@ -173,9 +173,10 @@ std::vector<std::pair<std::string, at::Tensor>> load_from_disk(NodeLoader& loade
     check("write offload", error);
     check("map offload", attempt(
                              [&] {
-                               const Catalog written = open_catalog(folder);
-                               for (const TensorInfo& t : written.tensors) {
-                                 loaded[t.name] = views.tensor(written.shards[t.shard].path, t.file_offset, t, t.dtype);
+                               const Catalog offloaded = open_catalog(folder);
+                               for (const TensorInfo& t : offloaded.tensors) {
+                                 loaded[t.name] =
+                                     views.tensor(offloaded.shards[t.shard].path, t.file_offset, t, t.dtype);
                                }
                              },
                              &own));

@@ -96,19 +96,25 @@ at::Tensor host_tensor(const LoadedTensor& t, Placement placement, const TensorP
   return placement == Placement::kPrivate ? part.clone(at::MemoryFormat::Contiguous) : part;
 }
 
+// This rank's tensor for `t` in a state dict: tied .bin weights come back as one tensor under each name, as
+// torch.load returns them (a private copy once); the first name of a storage that was selected holds it, as in the
+// plan. A tensor-parallel slice is its own.
+at::Tensor storage_tensor(const LoadedTensor& t, Placement placement, const TensorParallel& tp,
+                          std::map<std::string, at::Tensor>& by_storage) {
+  if (rank_slice(*t.info, tp).sliced) return host_tensor(t, placement, tp);
+  const std::string& storage = t.info->tied_to.empty() ? t.info->name : t.info->tied_to;
+  auto it = by_storage.find(storage);
+  if (it == by_storage.end()) it = by_storage.emplace(storage, host_tensor(t, placement, tp)).first;
+  return it->second;
+}
+
 std::string shape_text(at::IntArrayRef shape) {
   return shape_string(shape.vec());
 }
 
-// The names `patterns` select, in catalog order; a pattern matching nothing is an error (as in make_plan).
+// The names `patterns` select, in catalog order; a pattern matching nothing is an error, as in make_plan.
 std::vector<std::string> selected_names(const Catalog& catalog, const std::vector<std::string>& patterns) {
-  for (const std::string& pattern : patterns) {
-    if (std::none_of(catalog.tensors.begin(), catalog.tensors.end(),
-                     [&](const TensorInfo& t) { return pattern_matches(pattern, t.name); })) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  fmt::format("tensor '{}' is not in checkpoint '{}'", pattern, catalog.root.string()));
-    }
-  }
+  check_patterns_match(catalog, patterns);
   std::vector<std::string> names;
   for (const TensorInfo& t : catalog.tensors) {
     if (tensor_selected(t.name, patterns)) names.push_back(t.name);
@@ -200,14 +206,7 @@ std::vector<std::pair<std::string, at::Tensor>> Session::Impl::load(const std::f
   std::map<std::string, at::Tensor> by_storage;
   last = loader.load(checkpoint, n, [&](std::vector<LoadedTensor>& batch) {
     for (const LoadedTensor& t : batch) {
-      if (rank_slice(*t.info, tp).sliced) {
-        loaded.emplace_back(t.info->name, host_tensor(t, options.placement, tp));
-        continue;
-      }
-      const std::string& storage = t.info->tied_to.empty() ? t.info->name : t.info->tied_to;
-      auto it = by_storage.find(storage);
-      if (it == by_storage.end()) it = by_storage.emplace(storage, host_tensor(t, options.placement, tp)).first;
-      loaded.emplace_back(t.info->name, it->second);
+      loaded.emplace_back(t.info->name, storage_tensor(t, options.placement, tp, by_storage));
     }
   });
   std::sort(loaded.begin(), loaded.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -293,18 +292,12 @@ StateDict Session::load(const std::filesystem::path& checkpoint, const LoadOptio
     const Topology& topo = impl_->group.topology;
     const TensorParallel tp = tp_for_rank(options.tp, topo.rank, topo.world_size);
     std::map<std::string, at::Tensor> loaded;
-    std::map<std::string, at::Tensor> by_storage;  // tied .bin weights: one tensor under each name, as torch.load
+    std::map<std::string, at::Tensor> by_storage;
     Impl::MappedLoad calls;
     calls.select = [&](const Catalog& catalog) { return selected_names(catalog, options.tensors); };
     calls.layout = layout_of_checkpoint;
     calls.host = [&](std::vector<LoadedTensor>& batch, Placement placement) {
-      for (const LoadedTensor& t : batch) {
-        const std::string& storage =
-            t.info->tied_to.empty() || rank_slice(*t.info, tp).sliced ? t.info->name : t.info->tied_to;
-        auto it = by_storage.find(storage);
-        if (it == by_storage.end()) it = by_storage.emplace(storage, host_tensor(t, placement, tp)).first;
-        loaded[t.info->name] = it->second;
-      }
+      for (const LoadedTensor& t : batch) loaded[t.info->name] = storage_tensor(t, placement, tp, by_storage);
     };
     calls.tensor = [&](const std::string& name, const at::Tensor& tensor) { loaded[name] = tensor; };
     impl_->load_mapped(checkpoint, n, options, calls);
