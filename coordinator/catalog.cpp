@@ -77,7 +77,10 @@ void read_shard(Catalog& catalog, uint32_t shard_index, std::vector<TensorInfo>*
   ShardInfo& shard = catalog.shards[shard_index];
   if (shard.format == CheckpointFormat::kSafetensors) {
     File file = File::open_read(shard.path);
-    shard.file_size = file.size();
+    file.no_readahead();
+    shard.identity = file.identity();
+    shard.file_size = shard.identity.size;
+    shard.network_fs = file.on_network_fs();
     SafetensorsHeader header = read_safetensors_header(file);
     shard.data_start = header.data_start;
     shard.metadata = header.metadata;
@@ -92,7 +95,10 @@ void read_shard(Catalog& catalog, uint32_t shard_index, std::vector<TensorInfo>*
       out->push_back(std::move(info));
     }
   } else {
-    shard.file_size = File::open_read(shard.path).size();
+    const File file = File::open_read(shard.path);
+    shard.identity = file.identity();
+    shard.file_size = shard.identity.size;
+    shard.network_fs = file.on_network_fs();
     for (auto& t : read_torch_bin_metadata(shard.path)) {
       TensorInfo info;
       info.name = std::move(t.name);

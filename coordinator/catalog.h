@@ -11,6 +11,7 @@
 
 #include "coordinator/tensor_data.h"
 #include "core/error.h"
+#include "core/file.h"
 
 namespace shardcast {
 
@@ -22,7 +23,9 @@ struct ShardInfo {
   std::filesystem::path path;  // where it is
   CheckpointFormat format;
   uint64_t file_size = 0;
-  uint64_t data_start = 0;                      // safetensors: file offset of the data section
+  FileIdentity identity;    // as its header was read: a mapping of it is checked against this
+  bool network_fs = false;  // on NFS, Lustre, GPFS, ...: map_files "auto" stages rather than maps it
+  uint64_t data_start = 0;  // safetensors: file offset of the data section
   std::map<std::string, std::string> metadata;  // safetensors __metadata__
   size_t tensor_count = 0;
   bool readable = false;  // false when scan_catalog recorded a problem reading it

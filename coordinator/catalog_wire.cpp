@@ -21,6 +21,8 @@ std::string encode_catalog(const Catalog& c) {
                            {"path", s.path.string()},
                            {"format", static_cast<int>(s.format)},
                            {"size", s.file_size},
+                           {"identity", {s.identity.size, s.identity.inode, s.identity.mtime_ns}},
+                           {"network_fs", s.network_fs},
                            {"data_start", s.data_start},
                            {"metadata", s.metadata},
                            {"tensors", s.tensor_count},
@@ -50,6 +52,9 @@ Catalog decode_catalog(const std::string& bytes) {
       shard.path = s.at("path").get<std::string>();
       shard.format = static_cast<CheckpointFormat>(s.at("format").get<int>());
       shard.file_size = s.at("size").get<uint64_t>();
+      const json& id = s.at("identity");
+      shard.identity = {id.at(0).get<uint64_t>(), id.at(1).get<uint64_t>(), id.at(2).get<int64_t>()};
+      shard.network_fs = s.at("network_fs").get<bool>();
       shard.data_start = s.at("data_start").get<uint64_t>();
       shard.metadata = s.at("metadata").get<std::map<std::string, std::string>>();
       shard.tensor_count = s.at("tensors").get<size_t>();

@@ -1,5 +1,6 @@
 #include "coordinator/stage.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -11,15 +12,6 @@
 #include "core/file.h"
 
 namespace shardcast {
-namespace {
-
-void fill(const TensorInfo& t, const PlannedTensor& p, const uint8_t* source, uint8_t* segment) {
-  if (t.dtype == DType::kBool) check_bool_bytes(t.name, source, t.nbytes());
-  cast_elements(source, t.dtype, segment + p.offset, p.dtype, t.numel());
-}
-
-}  // namespace
-
 StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::vector<size_t>& batch, int node,
                          int reader, const std::vector<uint8_t*>& segment_data,
                          const std::function<void(uint64_t bytes)>& on_staged) {
@@ -31,35 +23,40 @@ StageStats stage_tensors(const Catalog& catalog, const Plan& plan, const std::ve
   };
   for (size_t index : batch) {
     const PlannedSegment& segment = plan.segments[index];
-    if (segment.owner_node != node) continue;  // another node reads it and sends it over
+    if (segment.mapped) continue;  // mapped where it is read, received elsewhere
+    auto mine = [&](const PlannedRead& r) { return r.node == node && r.reader == reader; };
+    if (std::none_of(segment.reads.begin(), segment.reads.end(), mine)) continue;
     uint8_t* data = segment_data.at(index);
     const ShardInfo& shard = catalog.shards[segment.shard];
-    bool mine = false;
-    for (const PlannedTensor& p : segment.tensors) mine |= p.reader == reader;
-    if (!mine) continue;
     try {
       if (shard.format == CheckpointFormat::kSafetensors) {
         File file = File::open_read(shard.path);
         std::vector<uint8_t> bounce;
-        for (const PlannedTensor& p : segment.tensors) {
-          if (p.reader != reader) continue;
+        for (const PlannedRead& r : segment.reads) {
+          if (!mine(r)) continue;
+          const PlannedTensor& p = segment.tensors[r.tensor];
           const TensorInfo& t = catalog.tensors[p.catalog_index];
+          const uint64_t source_size = dtype_size(t.dtype), target_size = dtype_size(p.dtype);
+          const uint64_t from = t.file_offset + r.first * source_size;
+          uint8_t* into = data + p.offset + r.first * target_size;
           if (t.dtype == p.dtype) {
-            file.read_exact_at(data + p.offset, p.nbytes, t.file_offset);
-            if (t.dtype == DType::kBool) check_bool_bytes(t.name, data + p.offset, p.nbytes);
+            file.read_exact_at(into, r.count * source_size, from);
           } else {
-            bounce.resize(t.nbytes());
-            file.read_exact_at(bounce.data(), bounce.size(), t.file_offset);
-            fill(t, p, bounce.data(), data);
+            bounce.resize(r.count * source_size);
+            file.read_exact_at(bounce.data(), bounce.size(), from);
+            cast_elements(bounce.data(), t.dtype, into, p.dtype, r.count);
           }
-          staged(p.nbytes);
+          if (p.dtype == DType::kBool) check_bool_bytes(t.name, into, r.count);
+          staged(r.count * target_size);
         }
       } else {
         std::map<std::string, Bytes> decoded = decode_bin_shard(catalog, segment.shard);
-        for (const PlannedTensor& p : segment.tensors) {
-          if (p.tied) continue;  // its bytes are its original's
+        for (const PlannedRead& r : segment.reads) {  // whole tensors, one reader (make_plan)
+          const PlannedTensor& p = segment.tensors[r.tensor];
           const TensorInfo& t = catalog.tensors[p.catalog_index];
-          fill(t, p, decoded.at(t.name).data, data);
+          const Bytes& bytes = decoded.at(t.name);
+          if (t.dtype == DType::kBool) check_bool_bytes(t.name, bytes.data, t.nbytes());
+          cast_elements(bytes.data, t.dtype, data + p.offset, p.dtype, t.numel());
           staged(p.nbytes);
         }
       }

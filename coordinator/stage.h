@@ -16,7 +16,7 @@ struct StageStats {
   uint64_t bytes_written = 0;  // into segments
 };
 
-// Fills, for every segment of `batch` owned by `node`, the tensors whose reader is `reader` (a local rank).
+// Fills, for every staged (not mapped) segment of `batch`, the reads of `node`'s local rank `reader`.
 // segment_data[i] is the writable data of plan.segments[i] (only the batch's entries are used). safetensors bytes are
 // pread straight into the segment (through a bounce buffer only when converting); a .bin shard is decoded once and
 // copied in. on_staged(bytes), when set, runs after each tensor this reader wrote (progress displays).

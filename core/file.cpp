@@ -2,10 +2,13 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <iterator>
 #include <utility>
 
 #include <fmt/format.h>
@@ -91,6 +94,44 @@ uint64_t File::size() const {
   struct stat st {};
   if (::fstat(fd_, &st) != 0) throw_system_error("fstat", path_.string(), errno);
   return static_cast<uint64_t>(st.st_size);
+}
+
+FileIdentity File::identity() const {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) throw_system_error("fstat", path_.string(), errno);
+  return {static_cast<uint64_t>(st.st_size), static_cast<uint64_t>(st.st_ino),
+          static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+}
+
+void File::no_readahead() const {
+  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);  // advice: where it is not taken, reads are only larger
+}
+
+bool File::on_network_fs() const {
+  struct statfs fs {};
+  if (::fstatfs(fd_, &fs) != 0) throw_system_error("fstatfs", path_.string(), errno);
+  // The f_type magic numbers of linux/magic.h and of the out-of-tree parallel file systems.
+  constexpr uint64_t kNetwork[] = {
+      0x6969,      // NFS
+      0x517B,      // SMB
+      0xFF534D42,  // CIFS
+      0xFE534D42,  // SMB2
+      0x0BD00BD0,  // Lustre
+      0x47504653,  // GPFS
+      0x19830326,  // BeeGFS
+      0x00C36400,  // Ceph
+      0x01021997,  // 9p
+      0x65735546,  // FUSE (sshfs, s3fs, gcsfuse, ...)
+      0x5346414F,  // OpenAFS
+      0x6B414653,  // kAFS
+  };
+  const auto type = static_cast<uint64_t>(static_cast<uint32_t>(fs.f_type));
+  return std::find(std::begin(kNetwork), std::end(kNetwork), type) != std::end(kNetwork);
+}
+
+std::string identity_text(const FileIdentity& identity) {
+  return fmt::format("{} bytes, inode {}, modified at {}.{:09d}", identity.size, identity.inode,
+                     identity.mtime_ns / 1'000'000'000, identity.mtime_ns % 1'000'000'000);
 }
 
 void File::read_exact_at(void* dst, size_t n, uint64_t offset) const {

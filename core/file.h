@@ -11,6 +11,19 @@
 
 namespace shardcast {
 
+// What says a file is still the one that was read: a mapping of it, or a kept copy staged from it, is trusted only
+// while these match. (st_dev is left out: it differs between the nodes mounting one network file system.)
+struct FileIdentity {
+  uint64_t size = 0;
+  uint64_t inode = 0;
+  int64_t mtime_ns = 0;
+  bool operator==(const FileIdentity& o) const { return size == o.size && inode == o.inode && mtime_ns == o.mtime_ns; }
+  bool operator!=(const FileIdentity& o) const { return !(*this == o); }
+};
+
+// "N bytes, inode I, modified at T": for messages comparing two identities.
+std::string identity_text(const FileIdentity& identity);
+
 class File {
  public:
   File() = default;
@@ -31,6 +44,13 @@ class File {
   int fd() const { return fd_; }
   const std::filesystem::path& path() const { return path_; }
   uint64_t size() const;
+  FileIdentity identity() const;
+  // Reads through this descriptor fetch the pages asked for and no more (POSIX_FADV_RANDOM): a header read must not
+  // pull megabytes of tensor data (read_ahead_kb) that another rank or node is to read.
+  void no_readahead() const;
+  // On NFS, SMB, Lustre, GPFS, BeeGFS, Ceph, 9p or FUSE: where mapped pages may be fetched again over the network at
+  // any later time, or change under the job when another client writes the file.
+  bool on_network_fs() const;
 
   // Reads exactly n bytes at offset (retrying EINTR and short reads); a file that ends early is kCorruptCheckpoint
   // naming the path, the offset and how many bytes were missing.

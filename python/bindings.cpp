@@ -68,6 +68,11 @@ py::dict stats_dict(const LoadStats& s) {
   d["phases"] = phases;
   d["tensor_bytes"] = s.tensor_bytes;
   d["node_bytes_staged"] = s.node_bytes_staged;
+  d["node_bytes_mapped"] = s.node_bytes_mapped;
+  py::dict sources;  // name -> "mapped", or "staged (why)"
+  for (const auto& [name, source] : s.tensor_sources)
+    sources[py::str(name)] = py::str(std::string(source_name(source)));
+  d["sources"] = sources;
   d["rank_bytes_staged"] = s.rank_bytes_staged;
   d["rank_bytes_read"] = s.rank_bytes_read;
   d["tensors"] = s.tensors;
@@ -94,6 +99,7 @@ py::dict stats_dict(const LoadStats& s) {
 struct PyLoadOptions {
   std::string placement = "shared";
   std::string dtype = "keep";
+  std::string map_files = "auto";
   std::vector<std::string> keep_in_fp32;
   std::vector<std::string> tensors;
   std::vector<std::pair<std::string, std::string>> device_map;  // prefix -> device, normalized by the core
@@ -117,6 +123,7 @@ struct PyLoadOptions {
     LoadOptions o;
     o.placement = parse_placement(placement);
     o.dtype = dtype;
+    o.map_files = parse_map_files(map_files);
     o.keep_in_fp32 = keep_in_fp32;
     o.tensors = tensors;
     for (const auto& [prefix, device] : device_map) o.device_map.emplace_back(prefix, normalize_device(device));
@@ -205,6 +212,7 @@ PYBIND11_MODULE(_shardcast, m) {
       .def(py::init<>())
       .def_readwrite("placement", &PyLoadOptions::placement)
       .def_readwrite("dtype", &PyLoadOptions::dtype)
+      .def_readwrite("map_files", &PyLoadOptions::map_files)
       .def_readwrite("keep_in_fp32", &PyLoadOptions::keep_in_fp32)
       .def_readwrite("device_map", &PyLoadOptions::device_map)
       .def_readwrite("device_map_strategy", &PyLoadOptions::device_map_strategy)

@@ -1,44 +1,94 @@
 #include "shm/file_view.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <vector>
+
 #include <fmt/format.h>
-#include <boost/interprocess/file_mapping.hpp>
-#include <boost/interprocess/mapped_region.hpp>
 
 #include "core/error.h"
-#include "shm/write_fault.h"
+#include "shm/fault_messages.h"
 
 namespace shardcast::shm {
-namespace bip = boost::interprocess;
+namespace {
 
-struct FileView::Mapping {
-  bip::file_mapping file;
-  bip::mapped_region region;
-};
+constexpr uint64_t kPrefetchRead = 8ull << 20;  // per pread: large enough to run at the storage's speed
 
-std::shared_ptr<FileView> FileView::map(const std::filesystem::path& path, Access access) {
+std::string changed_text(const std::filesystem::path& path, const FileIdentity& then, const FileIdentity& now,
+                         const std::string& when) {
+  return fmt::format(
+      "'{}' changed {} (then {}; now {}): a checkpoint must not be rewritten in place while it is "
+      "loaded or mapped; write a new file and rename it over the old one",
+      path.string(), when, identity_text(then), identity_text(now));
+}
+
+}  // namespace
+
+std::shared_ptr<FileView> FileView::map(const std::filesystem::path& path, Access access,
+                                        const FileIdentity* expected) {
   std::shared_ptr<FileView> view(new FileView);
-  try {
-    bip::file_mapping file(path.c_str(), bip::read_only);
-    if (std::filesystem::file_size(path) == 0) return view;
-    bip::mapped_region region(file, access == Access::kReadOnly ? bip::read_only : bip::copy_on_write);
-    view->mapping_.reset(new Mapping{std::move(file), std::move(region)});
-  } catch (const bip::interprocess_exception& e) {
-    if (e.get_native_error() != 0) throw_system_error("mmap", path.string(), e.get_native_error());
-    throw Error(ErrorCode::kSystem, fmt::format("mmap('{}') failed: {}", path.string(), e.what()));
-  } catch (const std::filesystem::filesystem_error& e) {
-    throw Error(ErrorCode::kSystem, fmt::format("'{}': {}", path.string(), e.code().message()));
+  view->file_ = File::open_read(path);
+  const FileIdentity identity = view->file_.identity();
+  if (expected && identity != *expected) {
+    throw Error(ErrorCode::kCorruptCheckpoint, changed_text(path, *expected, identity, "since its header was read"));
   }
-  view->data_ = static_cast<uint8_t*>(view->mapping_->region.get_address());
-  view->size_ = view->mapping_->region.get_size();
-  if (access == Access::kReadOnly) {
-    watch_read_only(view->data_, view->size_, "device_map disk: " + path.string());
-    view->watched_ = true;
-  }
+  if (identity.size == 0) return view;
+  const bool read_only = access == Access::kReadOnly;
+  void* data = ::mmap(nullptr, identity.size, read_only ? PROT_READ : PROT_READ | PROT_WRITE,
+                      read_only ? MAP_SHARED : MAP_PRIVATE, view->file_.fd(), 0);
+  if (data == MAP_FAILED) throw_system_error("mmap", path.string(), errno);
+  view->data_ = static_cast<uint8_t*>(data);
+  view->size_ = identity.size;
+  watch_mapping(view->data_, view->size_, "checkpoint file '" + path.string() + "'",
+                read_only ? MappingKind::kReadOnlyFile : MappingKind::kFile);
+  // Between open and mmap the file may have been cut short: the mapping would then fault later, not now.
+  if (expected) view->check_unchanged(*expected, "while it was being mapped");
   return view;
 }
 
 FileView::~FileView() {
-  if (watched_) unwatch_read_only(data_);
+  if (!data_) return;
+  unwatch_mapping(data_);
+  ::munmap(data_, size_);
+}
+
+void FileView::prefetch(uint64_t offset, uint64_t length) {
+  if (length == 0) return;
+  if (offset + length > size_) {
+    throw Error(ErrorCode::kCorruptCheckpoint, fmt::format("'{}' is {} bytes, but bytes up to {} were asked for",
+                                                           path().string(), size_, offset + length));
+  }
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t first = offset / page * page;
+  const uint64_t end = std::min(size_, (offset + length + page - 1) / page * page);
+  std::vector<unsigned char> resident((end - first + page - 1) / page);
+  if (::mincore(data_ + first, end - first, resident.data()) != 0)
+    throw_system_error("mincore", path().string(), errno);
+  if (reader_.fd() < 0) {
+    reader_ = File::open_read(path());
+    reader_.no_readahead();
+  }
+  std::vector<uint8_t> bounce;
+  for (size_t i = 0; i < resident.size();) {
+    if (resident[i] & 1) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < resident.size() && !(resident[j] & 1) && (j - i) * page < kPrefetchRead) ++j;
+    const uint64_t from = first + i * page;
+    const uint64_t to = std::min(end, first + j * page);
+    bounce.resize(std::max<uint64_t>(bounce.size(), to - from));
+    reader_.read_exact_at(bounce.data(), to - from, from);
+    i = j;
+  }
+}
+
+void FileView::check_unchanged(const FileIdentity& expected, const std::string& when) const {
+  const FileIdentity now = file_.identity();
+  if (now != expected) throw Error(ErrorCode::kCorruptCheckpoint, changed_text(path(), expected, now, when));
 }
 
 }  // namespace shardcast::shm

@@ -1,11 +1,13 @@
-// A whole file mapped into memory: device "disk" of a device_map, where the page cache is the node's one copy of a
-// tensor (reclaimable, unlike a segment) and nothing is staged.
+// A whole checkpoint file mapped into memory: the page cache is the node's one copy of its tensors (reclaimable,
+// unlike a segment), and nothing is staged. Placement shared/cow/private with map_files, and device "disk".
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
 
+#include "core/file.h"
 #include "shm/segment.h"
 
 namespace shardcast::shm {
@@ -13,22 +15,35 @@ namespace shardcast::shm {
 class FileView {
  public:
   // Maps `path` whole: read-only (a write faults, naming the file) or copy-on-write (a write stays in this process).
-  // An empty file maps to nothing (data() is null). Throws kSystem naming the path.
-  static std::shared_ptr<FileView> map(const std::filesystem::path& path, Access access);
+  // With `expected`, the file mapped must still be the one its header was read from (same size, inode and mtime):
+  // otherwise kCorruptCheckpoint says what changed. An empty file maps to nothing (data() is null). A read past the end
+  // of a file truncated later raises SIGBUS, which first says so (shm/fault_messages.h). Throws kSystem naming the
+  // path.
+  static std::shared_ptr<FileView> map(const std::filesystem::path& path, Access access,
+                                       const FileIdentity* expected = nullptr);
   ~FileView();
   FileView(const FileView&) = delete;
   FileView& operator=(const FileView&) = delete;
 
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
+  const std::filesystem::path& path() const { return file_.path(); }
+
+  // Brings the pages of [offset, offset + length) into the page cache: those mincore() says are not resident are read
+  // with large pread()s through a descriptor without readahead (as fast as the storage reads, and no further: pages
+  // next to the range are left to whoever needs them). A warm cache costs a residency check. Counted as checkpoint
+  // bytes read (core/io_stats.h), whole pages.
+  void prefetch(uint64_t offset, uint64_t length);
+
+  // kCorruptCheckpoint when the open file no longer is `expected` (truncated or rewritten in place since mapping).
+  void check_unchanged(const FileIdentity& expected, const std::string& when) const;
 
  private:
-  struct Mapping;  // the Boost mapping, defined in file_view.cpp
   FileView() = default;
-  std::unique_ptr<Mapping> mapping_;
+  File file_;
+  File reader_;  // prefetch's: POSIX_FADV_RANDOM, so the mapping's own faults keep their readahead
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
-  bool watched_ = false;
 };
 
 }  // namespace shardcast::shm

@@ -19,7 +19,7 @@
 
 #include "core/error.h"
 #include "core/size.h"
-#include "shm/write_fault.h"
+#include "shm/fault_messages.h"
 
 namespace shardcast::shm {
 namespace bip = boost::interprocess;
@@ -128,7 +128,7 @@ Segment::Segment(std::string what, File file, std::unique_ptr<Mapping> mapping)
 }
 
 Segment::~Segment() {
-  unwatch_read_only(base_);  // before the mapping goes
+  unwatch_mapping(base_);  // before the mapping goes
 }
 
 std::shared_ptr<Segment> Segment::create(const std::string& what, uint64_t data_size, uint64_t layout_hash,
@@ -182,7 +182,8 @@ std::shared_ptr<Segment> Segment::attach(File fd, uint64_t layout_hash, Access a
                                                 "the checkpoint or options",
                                                 what, h.layout_hash, layout_hash));
   }
-  if (access == Access::kReadOnly) watch_read_only(segment->base_, segment->data_size_ + kHeaderBytes, what);
+  if (access == Access::kReadOnly)
+    watch_mapping(segment->base_, segment->data_size_ + kHeaderBytes, what, MappingKind::kReadOnlySegment);
   return segment;
 }
 

@@ -7,6 +7,7 @@
 #include <map>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (its home since fmt 11)
 #include <nlohmann/json.hpp>
 
 #include "coordinator/digest.h"
@@ -24,7 +25,7 @@ namespace shardcast::cli {
 namespace {
 
 struct LoadArgs {
-  std::string checkpoint, placement = "shared", dtype = "keep", shm_dir, digest_out, report_out;
+  std::string checkpoint, placement = "shared", dtype = "keep", map_files = "auto", shm_dir, digest_out, report_out;
   DeviceMapArgs map;
   std::vector<std::string> tensors;
   int timeout_s = 600;
@@ -89,6 +90,13 @@ uint64_t peak_rss_bytes() {
   return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
 }
 
+// The loaded tensors' names by where their bytes came from (mapped, or staged and why).
+std::map<TensorSource, std::vector<std::string>> by_source(const LoadStats& stats) {
+  std::map<TensorSource, std::vector<std::string>> out;
+  for (const auto& [name, source] : stats.tensor_sources) out[source].push_back(name);
+  return out;
+}
+
 void run_load(const LoadArgs& args) {
   const auto start = std::chrono::steady_clock::now();
   Session session = Session::from_env(std::chrono::seconds(args.timeout_s));
@@ -96,6 +104,7 @@ void run_load(const LoadArgs& args) {
   LoadOptions options;
   options.placement = parse_placement(args.placement);
   options.dtype = args.dtype;
+  options.map_files = parse_map_files(args.map_files);
   options.tensors = args.tensors;
   options.shm_dir = args.shm_dir;
   options.timeout = std::chrono::seconds(args.timeout_s);
@@ -148,6 +157,11 @@ void run_load(const LoadArgs& args) {
     for (const PhaseTime& p : stats.phases) report["phases"][p.name] = p.seconds;
     report["tensor_bytes"] = stats.tensor_bytes;
     report["node_bytes_staged"] = stats.node_bytes_staged;
+    report["node_bytes_mapped"] = stats.node_bytes_mapped;
+    report["sources"] = nlohmann::ordered_json::object();
+    for (const auto& [source, names] : by_source(stats))
+      report["sources"][std::string(source_name(source))] = names.size();
+    for (const auto& [name, source] : stats.tensor_sources) report["tensor_sources"][name] = source_name(source);
     report["rank_bytes_staged"] = stats.rank_bytes_staged;
     report["rank_bytes_read"] = stats.rank_bytes_read;
     if (options.placement == Placement::kCuda) {
@@ -182,9 +196,18 @@ void run_load(const LoadArgs& args) {
                  state.size(), topo.world_size, seconds, stats.device, stats.transport_choice,
                  format_size(stats.ring_bytes));
     } else {
-      fmt::print("loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} staged per node\n", state.size(),
-                 format_size(stats.tensor_bytes), topo.world_size, seconds, args.placement,
-                 format_size(stats.node_bytes_staged));
+      fmt::print(
+          "loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} mapped from the page cache, {} "
+          "staged per node\n",
+          state.size(), format_size(stats.tensor_bytes), topo.world_size, seconds, args.placement,
+          format_size(stats.node_bytes_mapped), format_size(stats.node_bytes_staged));
+    }
+    // Why what was not mapped was staged, with a few names each.
+    for (const auto& [source, names] : by_source(stats)) {
+      if (source == TensorSource::kMapped) continue;
+      const std::vector<std::string> some(names.begin(), names.begin() + std::min<size_t>(names.size(), 3));
+      fmt::print("  {} tensor(s) {}: {}{}\n", names.size(), source_name(source), fmt::join(some, ", "),
+                 names.size() > some.size() ? ", ..." : "");
     }
   }
 }
@@ -221,6 +244,11 @@ void add_load(CLI::App& app) {
                   "keep: each tensor's own; auto: config.json's torch_dtype (else the first float's); bf16, f16, f32, "
                   "f64 convert floats once per node")
       ->check(dtype_name(true))
+      ->capture_default_str();
+  cmd->add_option("--map-files", args.map_files,
+                  "shared/cow/private: map safetensors tensors in their own dtype from the files (the page cache, "
+                  "nothing staged): auto (unless on a network file system), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}))
       ->capture_default_str();
   add_device_map_options(*cmd, args.map);
   cmd->add_option("--tensors", args.tensors, "load only these names (a trailing * matches a prefix)");

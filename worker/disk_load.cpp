@@ -32,10 +32,12 @@ class Views {
  public:
   explicit Views(shm::Access access) : access_(access) {}
 
-  // A tensor over [offset, offset + nbytes) of `path`; checks the file still holds that range.
-  at::Tensor tensor(const fs::path& path, uint64_t offset, const TensorInfo& info, DType dtype) {
+  // A tensor over [offset, offset + nbytes) of `path` (the file `expected`, when given); checks the file still holds
+  // that range.
+  at::Tensor tensor(const fs::path& path, uint64_t offset, const TensorInfo& info, DType dtype,
+                    const FileIdentity* expected = nullptr) {
     auto it = files_.find(path);
-    if (it == files_.end()) it = files_.emplace(path, shm::FileView::map(path, access_)).first;
+    if (it == files_.end()) it = files_.emplace(path, shm::FileView::map(path, access_, expected)).first;
     std::shared_ptr<shm::FileView> file = it->second;
     const uint64_t nbytes = info.numel() * dtype_size(dtype);
     if (offset + nbytes > file->size()) {
@@ -185,8 +187,9 @@ std::vector<std::pair<std::string, at::Tensor>> load_from_disk(NodeLoader& loade
   check("map checkpoint files", attempt(
                                     [&] {
                                       for (const TensorInfo* t : direct) {
+                                        const ShardInfo& shard = catalog.shards[t->shard];
                                         loaded[t->name] =
-                                            views.tensor(catalog.shards[t->shard].path, t->file_offset, *t, t->dtype);
+                                            views.tensor(shard.path, t->file_offset, *t, t->dtype, &shard.identity);
                                       }
                                     },
                                     &own));

@@ -5,7 +5,9 @@
 
 #include <fmt/format.h>
 
+#include "coordinator/bool_check.h"
 #include "coordinator/catalog_wire.h"
+#include "coordinator/shard_reader.h"
 #include "coordinator/stage.h"
 #include "core/io_stats.h"
 #include "worker/load_steps.h"
@@ -195,17 +197,38 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     request.only_listed = true;
   }
   request.one_shard_at_a_time = options.placement == Placement::kPrivate || options.placement == Placement::kCuda;
+  if (options.placement == Placement::kCuda) request.map_files = MapFiles::kNever;  // the ring streams from files
   Plan plan = make_plan(catalog_, request, topo.local_size, topo.node_count);
-  stats.node_bytes_staged = plan.total_bytes;
+  // Mapped segments this node reads are the checkpoint files themselves; every other segment is staged here.
+  auto mapped_here = [&](size_t i) { return plan.segments[i].mapped && plan.segments[i].sole_node() == topo.node; };
+  auto mine = [&](const PlannedRead& r) { return r.node == topo.node && r.reader == topo.local_rank; };
+  for (size_t i = 0; i < plan.segments.size(); ++i) {
+    (mapped_here(i) ? stats.node_bytes_mapped : stats.node_bytes_staged) += plan.segments[i].size;
+    for (const PlannedTensor& p : plan.segments[i].tensors) {
+      const bool received = plan.segments[i].mapped && !mapped_here(i);
+      stats.tensor_sources.emplace_back(catalog_.tensors[p.catalog_index].name,
+                                        received ? TensorSource::kReceived : p.source);
+    }
+  }
   stats.tensor_bytes = plan.tensor_bytes;
   stats.tensors = plan.tensor_count;
-  stats.segments = plan.segments.size();
+  for (size_t i = 0; i < plan.segments.size(); ++i) stats.segments += mapped_here(i) ? 0 : 1;
   phase("plan", start);
 
   const int load_id = load_count_++;
   auto describe = [&](size_t index) { return describe_segment(load_id, fmt::format("s{}", index)); };
   const shm::Access access =
       options.placement == Placement::kCopyOnWrite ? shm::Access::kCopyOnWrite : shm::Access::kReadOnly;
+  // Each checkpoint file this rank maps, once per load; checked against the identity its header was read with.
+  std::map<uint32_t, std::shared_ptr<shm::FileView>> files;
+  auto file_of = [&](uint32_t shard) {
+    auto it = files.find(shard);
+    if (it == files.end()) {
+      const ShardInfo& info = catalog_.shards[shard];
+      it = files.emplace(shard, shm::FileView::map(info.path, access, &info.identity)).first;
+    }
+    return it->second;
+  };
 
   double create_s = 0, stage_s = 0, exchange_s = 0, attach_s = 0, consume_s = 0;
   uint64_t bytes_done = 0;  // of the batches staged so far
@@ -222,10 +245,10 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     // While the batch stages, this rank sees only its own reads: scale them by its share of the batch.
     uint64_t batch_bytes = 0, my_share = 0, mine_done = 0;
     for (size_t i : batch) {
-      batch_bytes += plan.segments[i].size;
-      if (plan.segments[i].owner_node != topo.node) continue;
-      for (const PlannedTensor& p : plan.segments[i].tensors) {
-        my_share += p.reader == topo.local_rank && !p.tied ? p.nbytes : 0;  // a tied name stages nothing
+      const PlannedSegment& segment = plan.segments[i];
+      batch_bytes += segment.size;
+      for (const PlannedRead& r : segment.reads) {
+        my_share += mine(r) ? r.count * dtype_size(segment.tensors[r.tensor].dtype) : 0;
       }
     }
     auto on_staged = [&](uint64_t bytes) {
@@ -237,17 +260,22 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     start = Clock::now();
     std::vector<std::shared_ptr<shm::Segment>> created(plan.segments.size());
     std::vector<File> descriptors(plan.segments.size());
+    std::vector<size_t> staged;  // the batch's segments this node stages (the others it maps)
+    for (size_t i : batch) {
+      if (!mapped_here(i)) staged.push_back(i);
+    }
     check("create segments",
           attempt(
               [&] {
                 step("create");
                 if (!topo.is_node_leader()) return;
                 if (load_id == 0 && b == 0) shm::remove_orphans(options.location);
+                if (staged.empty()) return;
                 uint64_t bytes = 0;
-                for (size_t i : batch) bytes += shm::kHeaderBytes + plan.segments[i].size;
+                for (size_t i : staged) bytes += shm::kHeaderBytes + plan.segments[i].size;
                 shm::check_free_space(options.location, bytes, fmt::format("checkpoint '{}'", checkpoint.string()));
                 std::vector<int> shared;
-                for (size_t i : batch) {
+                for (size_t i : staged) {
                   created[i] =
                       shm::Segment::create(describe(i), plan.segments[i].size, plan.layout_hash, options.location);
                   descriptors[i] = created[i]->descriptor();
@@ -263,14 +291,14 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     check("stage", attempt(
                        [&] {
                          step("stage");
-                         if (!topo.is_node_leader()) {
-                           std::vector<File> received = link_->receive(batch.size(), descriptor_tag(load_id, b),
+                         if (!topo.is_node_leader() && !staged.empty()) {
+                           std::vector<File> received = link_->receive(staged.size(), descriptor_tag(load_id, b),
                                                                        timeout, fmt::format("batch {}", b + 1));
-                           for (size_t k = 0; k < batch.size(); ++k) descriptors[batch[k]] = std::move(received[k]);
+                           for (size_t k = 0; k < staged.size(); ++k) descriptors[staged[k]] = std::move(received[k]);
                          }
                          std::vector<std::shared_ptr<shm::Segment>> writable(plan.segments.size());
                          std::vector<uint8_t*> data(plan.segments.size(), nullptr);
-                         for (size_t i : batch) {
+                         for (size_t i : staged) {
                            writable[i] = created[i] ? created[i]
                                                     : shm::Segment::attach(descriptors[i].duplicate(), plan.layout_hash,
                                                                            shm::Access::kReadWrite, describe(i));
@@ -279,30 +307,55 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                          StageStats s =
                              stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data, on_staged);
                          stats.rank_bytes_staged += s.bytes_written;
+                         // Mapped: this rank's tensors into the page cache (read once, as staging would).
+                         for (size_t i : batch) {
+                           if (!mapped_here(i)) continue;
+                           const PlannedSegment& segment = plan.segments[i];
+                           for (const PlannedRead& r : segment.reads) {
+                             if (!mine(r)) continue;
+                             const PlannedTensor& p = segment.tensors[r.tensor];
+                             const uint64_t size = dtype_size(p.dtype);
+                             const uint64_t at = segment.file_offset + p.offset + r.first * size;
+                             const std::shared_ptr<shm::FileView> file = file_of(segment.shard);
+                             try {
+                               file->prefetch(at, r.count * size);
+                               const TensorInfo& t = catalog_.tensors[p.catalog_index];
+                               if (t.dtype == DType::kBool) check_bool_bytes(t.name, file->data() + at, r.count);
+                             } catch (const Error& e) {
+                               throw e.with_context(shard_context(catalog_, segment.shard));
+                             }
+                             on_staged(r.count * size);
+                           }
+                         }
                        },
                        &own));
     stage_s += seconds_since(start);
     bytes_done += batch_bytes;
     report_bytes(bytes_done);
 
-    // 4b. Across nodes, each segment was read by its owner node only: the leaders send it to the others.
+    // 4b. Across nodes, each piece of a segment was read by one node only: the leaders send it to the others.
     if (topo.node_count > 1) {
       start = Clock::now();
-      check("exchange", attempt(
-                            [&] {
-                              step("exchange");
-                              if (!topo.is_node_leader()) return;
-                              for (size_t i : batch) {
-                                uint8_t* data = created[i]->data();
-                                const uint64_t size = plan.segments[i].size;
-                                for (uint64_t offset = 0; offset < size; offset += kExchangeChunk) {
-                                  group_.leaders->broadcast(data + offset, std::min(kExchangeChunk, size - offset),
-                                                            plan.segments[i].owner_node,
-                                                            fmt::format("exchange segment {}", i), timeout);
-                                }
-                              }
-                            },
-                            &own));
+      check("exchange",
+            attempt(
+                [&] {
+                  step("exchange");
+                  if (!topo.is_node_leader()) return;
+                  for (size_t i : batch) {
+                    const PlannedSegment& segment = plan.segments[i];
+                    // The node that mapped a run sends it from the page cache.
+                    uint8_t* data = mapped_here(i)
+                                        ? const_cast<uint8_t*>(file_of(segment.shard)->data()) + segment.file_offset
+                                        : created[i]->data();
+                    for (const SegmentPiece& piece : segment.pieces) {
+                      for (uint64_t at = piece.begin; at < piece.end; at += kExchangeChunk) {
+                        group_.leaders->broadcast(data + at, std::min(kExchangeChunk, piece.end - at), piece.node,
+                                                  fmt::format("exchange segment {}", i), timeout);
+                      }
+                    }
+                  }
+                },
+                &own));
       exchange_s += seconds_since(start);
     }
 
@@ -317,11 +370,22 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                             if (created[i]) created[i]->set_state(shm::SegmentState::kReady);
                           }
                           for (size_t i : batch) {
+                            const PlannedSegment& segment = plan.segments[i];
+                            if (mapped_here(i)) {
+                              const std::shared_ptr<shm::FileView> file = file_of(segment.shard);
+                              file->check_unchanged(catalog_.shards[segment.shard].identity, "while it was loaded");
+                              uint8_t* base = const_cast<uint8_t*>(file->data()) + segment.file_offset;
+                              for (const PlannedTensor& p : segment.tensors) {
+                                tensors.push_back({&catalog_.tensors[p.catalog_index], p.dtype, base + p.offset,
+                                                   p.nbytes, nullptr, file});
+                              }
+                              continue;
+                            }
                             auto mapping =
                                 shm::Segment::attach(std::move(descriptors[i]), plan.layout_hash, access, describe(i));
                             for (const PlannedTensor& p : plan.segments[i].tensors) {
                               tensors.push_back({&catalog_.tensors[p.catalog_index], p.dtype,
-                                                 mapping->data() + p.offset, p.nbytes, mapping});
+                                                 mapping->data() + p.offset, p.nbytes, mapping, nullptr});
                             }
                           }
                         },

@@ -16,6 +16,7 @@
 #include "coordinator/plan.h"
 #include "coordinator/tensor_parallel.h"
 #include "launch/topology.h"
+#include "shm/file_view.h"
 #include "shm/node_link.h"
 #include "shm/segment.h"
 #include "worker/device.h"
@@ -73,9 +74,10 @@ struct DeviceTensorSink {
 struct LoadedTensor {
   const TensorInfo* info = nullptr;  // name, source dtype, shape
   DType dtype = DType::kF32;         // as staged
-  uint8_t* data = nullptr;           // in a segment mapping; valid while `mapping` lives
+  uint8_t* data = nullptr;           // valid while `mapping` or `file` lives
   uint64_t nbytes = 0;
-  std::shared_ptr<shm::Segment> mapping;
+  std::shared_ptr<shm::Segment> mapping;  // the segment it was staged into
+  std::shared_ptr<shm::FileView> file;    // or the checkpoint file it is mapped from
 };
 
 struct PhaseTime {
@@ -85,12 +87,15 @@ struct PhaseTime {
 
 struct LoadStats {
   std::vector<PhaseTime> phases;
-  uint64_t node_bytes_staged = 0;  // the node's segments (plan total)
+  uint64_t node_bytes_staged = 0;  // the node's segments
+  uint64_t node_bytes_mapped = 0;  // mapped from the checkpoint files instead (the page cache holds them)
   uint64_t tensor_bytes = 0;       // the loaded tensors' bytes, tied weights once
   uint64_t rank_bytes_staged = 0;  // what this rank wrote into them
   uint64_t rank_bytes_read = 0;    // from checkpoint files, by this rank (headers and index included)
   size_t tensors = 0;
   size_t segments = 0;
+  // Each tensor's source on this node: mapped from its file, or staged and why (coordinator/plan.h).
+  std::vector<std::pair<std::string, TensorSource>> tensor_sources;
   // Placement cuda:
   std::string device;                        // "cuda:0 (NVIDIA H100 80GB HBM3)"
   std::string transport_choice;              // what auto chose and why

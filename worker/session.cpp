@@ -72,6 +72,7 @@ NodeLoadOptions node_options(const LoadOptions& o) {
     }
   }
   n.request.keep_in_fp32 = o.keep_in_fp32;
+  n.request.map_files = o.map_files;
   if (!o.device_map.empty() && !o.device_map_strategy.empty()) {
     throw Error(
         ErrorCode::kInvalidArgument,
@@ -79,6 +80,7 @@ NodeLoadOptions node_options(const LoadOptions& o) {
   }
   n.request.tensors = o.tensors;
   n.request.parallel_read = o.parallel_read;
+  n.request.node_share_slack = o.node_share_slack;
   n.location.dir = o.shm_dir;
   if (n.location.dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) n.location.dir = std::getenv("SHARDCAST_SHM_DIR");
   n.timeout = o.timeout;
@@ -138,6 +140,8 @@ bool mapped(const LoadOptions& o) {
 void add_part(LoadStats& total, const LoadStats& part, const std::string& device) {
   for (const PhaseTime& p : part.phases) total.phases.push_back({device + " " + p.name, p.seconds});
   total.node_bytes_staged += part.node_bytes_staged;
+  total.node_bytes_mapped += part.node_bytes_mapped;
+  total.tensor_sources.insert(total.tensor_sources.end(), part.tensor_sources.begin(), part.tensor_sources.end());
   total.tensor_bytes += part.tensor_bytes;
   total.rank_bytes_staged += part.rank_bytes_staged;
   total.tensors += part.tensors;

@@ -19,6 +19,10 @@ namespace shardcast {
 
 struct LoadOptions {
   Placement placement = Placement::kShared;  // shared (read-only views), cow, private copies, or cuda
+  // shared, cow, private: tensors in their file's dtype may be mappings of the safetensors files themselves (the page
+  // cache is the node's one copy; nothing staged in /dev/shm). auto: unless on a network file system. LoadStats'
+  // tensor_sources says which tensors were mapped, and why the others were staged.
+  MapFiles map_files = MapFiles::kAuto;
   // Floating tensors: "keep" each one's own dtype; "auto" as transformers' torch_dtype="auto" (config.json's
   // torch_dtype, else the first floating tensor's); or bf16, f16, f32, f64. Converted once per node (or on the GPU).
   std::string dtype = "keep";
@@ -27,7 +31,9 @@ struct LoadOptions {
   std::filesystem::path shm_dir;          // empty: /dev/shm (or $SHARDCAST_SHM_DIR); else file-backed segments here
   std::chrono::seconds timeout{600};      // for each wait between ranks, staging included
   bool parallel_read = true;              // every local rank reads part of the shards (false: the leader alone)
-  GpuOptions gpu;                         // placement cuda: device, transport, ring
+  // Across nodes each node reads at most S/nodes plus this; a segment or tensor is cut between nodes only beyond it.
+  uint64_t node_share_slack = 64ull << 20;
+  GpuOptions gpu;  // placement cuda: device, transport, ring
   // Tensor-parallel slices: tensors matching a rule come back as this rank's slice (rank r holds slice r % tp.size;
   // tp.rank is ignored). Views for shared/cow, copies of the slice alone for private and cuda.
   TensorParallel tp;

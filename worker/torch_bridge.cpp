@@ -28,9 +28,15 @@ c10::ScalarType scalar_type_for(const std::string& name, DType dtype) {
 }
 
 at::Tensor view_of(const LoadedTensor& t) {
-  std::shared_ptr<shm::Segment> keep = t.mapping;
+  std::shared_ptr<shm::Segment> segment = t.mapping;
+  std::shared_ptr<shm::FileView> file = t.file;
   return at::from_blob(
-      t.data, t.info->shape, [keep](void*) mutable { keep.reset(); }, options_for(t));
+      t.data, t.info->shape,
+      [segment, file](void*) mutable {
+        segment.reset();
+        file.reset();
+      },
+      options_for(t));
 }
 
 at::Tensor copy_of(const LoadedTensor& t) {

@@ -40,6 +40,7 @@ __all__ = [
     "info",
     "init_empty_weights",
     "inspect",
+    "last_stats",
     "load",
     "load_into",
     "plan",
@@ -174,6 +175,12 @@ def _options(
     return o
 
 
+def _map_files(map_files: str) -> str:
+    if map_files not in ("auto", "always", "never"):
+        raise ValueError(f"map_files={map_files!r} is not one of auto, always, never")
+    return map_files
+
+
 @contextlib.contextmanager
 def _progress_for(options: "_C.LoadOptions", label: str, verbose: Optional[bool]) -> Iterator[None]:
     show = verbose if verbose is not None else sys.stderr.isatty()
@@ -193,6 +200,7 @@ def load(
     *,
     placement: str = "shared",
     dtype: DType = "keep",
+    map_files: str = "auto",
     tensors: Optional[Iterable[str]] = None,
     tp_size: int = 1,
     tp_rules: Optional[Union[Mapping[str, int], Iterable[str]]] = None,
@@ -226,6 +234,12 @@ def load(
         max_memory ({0: "20GiB", "cpu": "60GiB"}: GPU per rank, cpu per node; default: what is free), keeping
         no_split_modules (module paths) and each layer ("model.layers.3") whole. plan() shows the map a load would
         use, without loading.
+    map_files: "auto" (default): with shared, cow or private, safetensors tensors wanted in their own dtype are
+        mappings of the checkpoint files (the page cache is the node's one copy; nothing is staged in /dev/shm),
+        unless the files are on a network file system; "always" maps there too; "never" stages every tensor. Leave
+        the files as they are while the tensors live (replace a checkpoint by renaming a new file over it): a file
+        truncated in place makes a later read die with SIGBUS, after a message naming it. The result's
+        stats["sources"] says, per tensor, "mapped" or why it was staged.
     tensors: only these names ("prefix*" matches a prefix).
     tp_size, tp_rules: tensor-parallel slices: rank r holds slice r % tp_size of tensors matching a rule, given as
         {"*.q_proj.weight": 0} or ["*.q_proj.weight:0"] (torch.tensor_split along that dim).
@@ -238,10 +252,22 @@ def load(
     files), TimeoutError, PeerError (another rank failed: .ranks), OSError.
     """
     options = _options(placement, dtype, tensors, tp_size, tp_rules, timeout, shm_dir, device, transport)
+    options.map_files = _map_files(map_files)
     _set_device_map(options, device_map, max_memory, offload_folder, list(no_split_modules or []), keep_in_fp32_modules)
     with _progress_for(options, "shardcast: loading", verbose):
-        named, _ = _C.load(os.fspath(checkpoint), options)
+        named, stats = _C.load(os.fspath(checkpoint), options)
+    global _last_stats
+    _last_stats = stats
     return dict(named)
+
+
+_last_stats: Optional[Dict[str, Any]] = None
+
+
+def last_stats() -> Optional[Dict[str, Any]]:
+    """The stats of this process's last load() or load_into(): phase times, bytes read, staged and mapped,
+    "sources" ({name: "mapped" or "staged (why)"}), device_map; None before the first."""
+    return _last_stats
 
 
 def _accelerate_order(module: torch.nn.Module, prefix: str = "") -> Iterator[str]:
@@ -287,6 +313,7 @@ def load_into(
     assign: bool = False,
     placement: str = "cow",
     dtype: DType = "keep",
+    map_files: str = "auto",
     tensors: Optional[Iterable[str]] = None,
     tp_size: int = 1,
     tp_rules: Optional[Union[Mapping[str, int], Iterable[str]]] = None,
@@ -324,6 +351,7 @@ def load_into(
     Other arguments as for load(); placement defaults to "cow" (trainable, zero-copy until written).
     """
     options = _options(placement, dtype, tensors, tp_size, tp_rules, timeout, shm_dir, device, transport)
+    options.map_files = _map_files(map_files)
     if no_split_module_classes is None:
         no_split_module_classes = getattr(model, "_no_split_modules", None) or []
     classes = set(no_split_module_classes)
@@ -336,6 +364,8 @@ def load_into(
     targets.sort(key=lambda item: order.get(item[0], len(order)))
     with _progress_for(options, "shardcast: loading", verbose):
         report, assigned = _C.load_into(targets, os.fspath(checkpoint), options, bool(strict), bool(assign))
+    global _last_stats
+    _last_stats = report["stats"]
     if assign:
         _assign(model, assigned)
     resolved = report["stats"].get("device_map")

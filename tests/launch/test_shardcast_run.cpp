@@ -49,6 +49,7 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
 TEST(ShardcastRun, FourRanksOnOneNodeAreBitExactAndReadEachByteOnce) {
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 4'000'000, 1'000'000, CheckpointFormat::kSafetensors, true);
+  testing::evict_page_cache(dir / "ckpt");  // the mapped default reads what is not in the page cache
   auto r = testing::run_command(concat({SHARDCAST_RUN_PATH, "--standalone", "-n", "4"}, load_command(dir)),
                                 std::chrono::seconds(180));
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -71,6 +72,7 @@ TEST_P(ShardcastRunNodes, EveryRankIsBitExactAndTheJobReadsEachByteOnce) {
   const int nodes = GetParam();
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 6'000'000, 1'000'000, CheckpointFormat::kSafetensors, true);
+  testing::evict_page_cache(dir / "ckpt");  // the mapped default reads what is not in the page cache
   const std::string port = std::to_string(free_port());
   std::vector<std::future<testing::CommandResult>> launchers;
   for (int node = 0; node < nodes; ++node) {
@@ -102,6 +104,7 @@ INSTANTIATE_TEST_SUITE_P(TwoAndThree, ShardcastRunNodes, ::testing::Values(2, 3)
 TEST(TorchrunEnvironment, RanksStartedByHandMeetAndAreBitExact) {
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 4'000'000, 1'000'000, CheckpointFormat::kTorchBin, true);
+  testing::evict_page_cache(dir / "ckpt");  // the mapped default reads what is not in the page cache
   const std::string port = std::to_string(free_port());
   const int ranks = 3;
   std::vector<std::future<testing::CommandResult>> procs;

@@ -24,6 +24,12 @@ def mapped_segments():
         return [line for line in f if re.search(r"/dev/shm/(#\d+|shardcast-\S+) \(deleted\)$", line)]
 
 
+def mapped_files(directory):
+    """This process's mappings of files in `directory` (the checkpoint, under map_files "auto")."""
+    with open("/proc/self/maps") as f:
+        return [line for line in f if f" {directory}/" in line]
+
+
 @pytest.mark.parametrize("placement", HOST_PLACEMENTS)
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_every_placement_loads_bit_exact_tensors(placement, fmt, tensors, safetensors_ckpt, bin_ckpt):
@@ -80,30 +86,43 @@ def test_tensor_parallel_rules_give_this_ranks_slice(safetensors_ckpt, tensors):
     assert reference.bit_equal(sd["layers.0.attn.weight"], tensors["layers.0.attn.weight"])
 
 
-def test_shared_and_cow_tensors_are_views_of_the_mapping(safetensors_ckpt):
+@pytest.mark.parametrize("map_files", ["auto", "never"])
+def test_shared_and_cow_tensors_are_views_of_the_mapping(safetensors_ckpt, map_files):
+    # auto: views of the checkpoint files themselves (the page cache); never: of the node's staged segments.
+    mappings = (lambda: mapped_files(safetensors_ckpt)) if map_files == "auto" else mapped_segments
     for placement in ["shared", "cow"]:
-        sd = shardcast.load(safetensors_ckpt, placement=placement)
-        assert mapped_segments(), "no shardcast segment is mapped while its views live"
+        sd = shardcast.load(safetensors_ckpt, placement=placement, map_files=map_files)
+        assert mappings(), f"nothing is mapped while its views live ({map_files})"
+        assert bool(mapped_segments()) == (map_files == "never")
+        sources = set(shardcast.last_stats()["sources"].values())
+        assert sources == ({"mapped"} if map_files == "auto" else {"staged (mapping off)"}), sources
         del sd
         gc.collect()
-        assert not mapped_segments(), "the segment stayed mapped after its tensors died"
+        assert not mappings(), "the mapping stayed after its tensors died"
 
 
-def test_a_view_of_a_view_keeps_the_mapping_alive_after_del_state_dict(safetensors_ckpt, tensors):
-    sd = shardcast.load(safetensors_ckpt, placement="shared")
+@pytest.mark.parametrize("map_files", ["auto", "never"])
+def test_a_view_of_a_view_keeps_the_mapping_alive_after_del_state_dict(safetensors_ckpt, tensors, map_files):
+    mappings = (lambda: mapped_files(safetensors_ckpt)) if map_files == "auto" else mapped_segments
+    sd = shardcast.load(safetensors_ckpt, placement="shared", map_files=map_files)
     row = sd["embed.weight"][3]
     del sd
     gc.collect()
-    assert mapped_segments()
+    assert mappings()
     assert torch.equal(row, tensors["embed.weight"][3])
     del row
     gc.collect()
-    assert not mapped_segments()
+    assert not mappings()
+
+
+def test_map_files_is_checked():
+    with pytest.raises(ValueError, match="map_files='sometimes'"):
+        shardcast.load("/nonexistent", map_files="sometimes")
 
 
 def test_private_tensors_do_not_map_segments(safetensors_ckpt):
     sd = shardcast.load(safetensors_ckpt, placement="private")
-    assert not mapped_segments()
+    assert not mapped_segments() and not mapped_files(safetensors_ckpt)
     sd["embed.weight"].add_(1)  # its own memory
 
 
@@ -114,16 +133,18 @@ def test_cow_tensors_are_writable_and_writes_stay_in_the_tensor(safetensors_ckpt
     assert torch.equal(b["embed.weight"], tensors["embed.weight"])
 
 
-def test_writing_to_a_shared_tensor_faults_with_a_message(safetensors_ckpt):
-    code = ("import shardcast, sys; sd = shardcast.load(sys.argv[1], placement='shared'); "
+@pytest.mark.parametrize("map_files", ["auto", "never"])
+def test_writing_to_a_shared_tensor_faults_with_a_message(safetensors_ckpt, map_files):
+    code = (f"import shardcast, sys; sd = shardcast.load(sys.argv[1], placement='shared', map_files='{map_files}'); "
             "sd['embed.weight'].add_(1); print('wrote')")
     result = subprocess.run([sys.executable, "-c", code, str(safetensors_ckpt)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == -signal.SIGSEGV, result
     assert "wrote" not in result.stdout
     assert "read-only" in result.stderr and "placement" in result.stderr, result.stderr
-    assert re.search(r"\(segment s\d+ of load 0 on node 0 \(job .*\), byte \d+ of the mapping\)",
-                     result.stderr), result.stderr
+    where = (r"checkpoint file '.*\.safetensors'" if map_files == "auto" else
+             r"segment s\d+ of load 0 on node 0 \(job .*\)")
+    assert re.search(rf"\({where}, byte \d+ of the mapping\)", result.stderr), result.stderr
 
 
 def test_checkpoint_errors_name_the_file(tmp_path, safetensors_ckpt):

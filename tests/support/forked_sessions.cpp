@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "coordinator/catalog.h"
 #include "coordinator/digest.h"
@@ -76,6 +77,21 @@ void record(const TempDir& dir, int rank, const std::function<void()>& fn) {
 
 std::string outcome_file(const TempDir& dir, int rank) {
   return read_file(dir / ("outcome" + std::to_string(rank)));
+}
+
+std::string mapped_file(const void* address) {
+  std::ifstream maps("/proc/self/maps");
+  const uintptr_t at = reinterpret_cast<uintptr_t>(address);
+  for (std::string line; std::getline(maps, line);) {
+    std::istringstream in(line);
+    std::string range, perms, offset, dev, inode, path;
+    in >> range >> perms >> offset >> dev >> inode;
+    std::getline(in >> std::ws, path);
+    const uintptr_t begin = std::stoull(range.substr(0, range.find('-')), nullptr, 16);
+    const uintptr_t end = std::stoull(range.substr(range.find('-') + 1), nullptr, 16);
+    if (at >= begin && at < end) return path;
+  }
+  return "";
 }
 
 }  // namespace shardcast::testing::forked

@@ -35,6 +35,9 @@ std::vector<RankOutcome> with_sessions(const TempDir& dir, int ranks, const std:
 
 void expect_all_succeeded(const std::vector<RankOutcome>& outcomes);
 
+// The file mapped at `address` in this process, as /proc/self/maps names it ("" when none: anonymous memory).
+std::string mapped_file(const void* address);
+
 // Runs fn and writes "<code> <message>" of the error it threw, or "ok", for outcome_file().
 void record(const TempDir& dir, int rank, const std::function<void()>& fn);
 std::string outcome_file(const TempDir& dir, int rank);

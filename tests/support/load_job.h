@@ -23,8 +23,10 @@ struct LoadJob {
 // Expects (gtest) every rank's digest to equal the checkpoint's, and returns the reports.
 LoadJob expect_bit_exact_job(const std::filesystem::path& dir, int ranks, const std::filesystem::path& checkpoint);
 
-// Expects the job to have read every tensor byte once: at least `tensor_bytes`, and less than one more shard would add
-// (the files plus 10%: the catalog's reads of headers and pickles are far smaller).
+// Expects the job to have read every tensor byte once: at least `tensor_bytes` (less a page per shard, which a mapped
+// load finds in the page cache after the header read), and less than one more shard would add (the files plus 10%:
+// the catalog's reads of headers and pickles are far smaller). Evict the checkpoint (evict_page_cache) before the job:
+// a mapped load reads only what the page cache lacks.
 void expect_read_once(const LoadJob& job, uint64_t tensor_bytes, const std::filesystem::path& checkpoint);
 
 // The job's segments in /dev/shm (there should be none once it has ended). Only this job's: other jobs (a parallel

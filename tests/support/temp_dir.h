@@ -23,4 +23,8 @@ class TempDir {
 void write_file(const std::filesystem::path& path, const std::string& bytes);
 std::string read_file(const std::filesystem::path& path);
 
+// Writes back and drops from the page cache every file in `dir` (posix_fadvise DONTNEED: no root needed), so a load
+// that maps them must read them from storage, and its byte counts mean what they say.
+void evict_page_cache(const std::filesystem::path& dir);
+
 }  // namespace shardcast::testing

@@ -48,7 +48,17 @@ struct Method {
   std::string key;   // naive, mmap, shared, private
 };
 
+// shardcast's own options for the matrix: --dtype, passed to every shardcast method.
+std::vector<std::string> shardcast_flags;
+
 std::vector<std::string> rank_command(const Method& m, const fs::path& checkpoint, const fs::path& report) {
+  if (m.key == "cat") {  // the storage limit: one reader, nothing kept
+    std::string files;
+    for (const auto& e : fs::directory_iterator(checkpoint)) {
+      if (e.path().extension() == ".safetensors") files += " '" + e.path().string() + "'";
+    }
+    return {"sh", "-c", "cat" + files + " > /dev/null"};
+  }
   if (m.key == "naive" || m.key == "mmap") {
     return {self_dir() + "/shardcast-bench",
             "rank",
@@ -58,12 +68,17 @@ std::vector<std::string> rank_command(const Method& m, const fs::path& checkpoin
             "--report-out",
             report.string()};
   }
+  std::vector<std::string> argv{self_dir() + "/shardcast", "load", checkpoint.string(), "--report-out",
+                                report.string()};
   if (m.key == "shared-leader") {
-    return {self_dir() + "/shardcast", "load",         checkpoint.string(),
-            "--leader-reads-only",     "--report-out", report.string()};
+    argv.push_back("--leader-reads-only");
+  } else if (m.key == "staged" || m.key == "mapped") {
+    argv.insert(argv.end(), {"--placement", "shared", "--map-files", m.key == "staged" ? "never" : "always"});
+  } else {
+    argv.insert(argv.end(), {"--placement", m.key});
   }
-  return {
-      self_dir() + "/shardcast", "load", checkpoint.string(), "--placement", m.key, "--report-out", report.string()};
+  argv.insert(argv.end(), shardcast_flags.begin(), shardcast_flags.end());
+  return argv;
 }
 
 // S: the bytes of the checkpoint's safetensors files, headers included.
@@ -80,6 +95,7 @@ double expected_multiple(const std::string& key, int ranks) {
   if (key == "naive") return 2.0 * ranks;
   if (key == "mmap") return ranks + 1.0;
   if (key == "private") return ranks + 0.5;
+  if (key == "cat") return 0;
   return 1.0;
 }
 
@@ -110,7 +126,7 @@ Run run_one(const Method& m, int ranks, const fs::path& checkpoint, const fs::pa
        ++pass) {  // pass 0: the per-process runtime alone (tiny checkpoint); pass 1: the real one
     const fs::path dir = work / fmt::format("{}-{}-{}", m.key, ranks, pass);
     fs::create_directories(dir);
-    std::vector<std::string> argv = mpirun(ranks);
+    std::vector<std::string> argv = m.key == "cat" ? std::vector<std::string>{} : mpirun(ranks);
     auto cmd = rank_command(m, pass == 0 ? tiny : checkpoint, dir / "report{rank}.json");
     argv.insert(argv.end(), cmd.begin(), cmd.end());
     if (cold) drop_page_cache();
@@ -124,7 +140,7 @@ Run run_one(const Method& m, int ranks, const fs::path& checkpoint, const fs::pa
       run.wall_s = meas.seconds;
       run.peak = meas.peak_unreclaimable;
       run.page_cache = meas.peak_page_cache;
-      run.load_s = slowest_rank_seconds(dir, ranks);
+      run.load_s = m.key == "cat" ? meas.seconds : slowest_rank_seconds(dir, ranks);
     }
   }
   return run;
@@ -179,7 +195,10 @@ int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, 
 
   const std::map<std::string, std::string> names = {{"naive", "naive (private read + copy)"},
                                                     {"mmap", "per-rank mmap + copy"},
-                                                    {"shared", "shardcast shared"},
+                                                    {"shared", "shardcast shared (map_files auto)"},
+                                                    {"staged", "shardcast shared, staged (map_files never)"},
+                                                    {"mapped", "shardcast shared, mapped (map_files always)"},
+                                                    {"cat", "cat shards > /dev/null (the storage limit)"},
                                                     {"private", "shardcast private"},
                                                     {"shared-leader", "shardcast shared, leader reads alone"}};
   const uint64_t node_memory = read_meminfo().total;
@@ -188,6 +207,7 @@ int run_matrix(const std::string& checkpoint_arg, const std::string& size_text, 
     if (!names.count(key)) throw Error(ErrorCode::kInvalidArgument, fmt::format("unknown method '{}'", key));
     for (int n : rank_counts) {
       const double needed = expected_multiple(key, n) * bytes;
+      if (key == "cat" && n != 1) continue;  // one reader is the storage limit
       if (needed > 0.8 * node_memory) {
         Run skipped;
         skipped.method = names.at(key);
@@ -308,6 +328,7 @@ void write_file(const std::string& path, const std::string& text) {
 
 nlohmann::ordered_json job_json(const JobRun& r, uint64_t checkpoint_bytes) {
   nlohmann::ordered_json j{{"method", r.method}, {"nodes", r.nodes}, {"ranks", r.ranks}};
+  const int ranks_per_node = r.nodes > 0 ? r.ranks / r.nodes : 1;
   if (!r.skipped.empty()) {
     j["skipped"] = r.skipped;
     return j;
@@ -319,6 +340,13 @@ nlohmann::ordered_json job_json(const JobRun& r, uint64_t checkpoint_bytes) {
   j["load_seconds"] = r.load_s;
   j["wall_seconds"] = r.wall_s;
   j["rank_bytes_read"] = r.rank_bytes_read;
+  // What each node read (its ranks are consecutive), against its even share S/K.
+  std::vector<uint64_t> node_bytes(r.nodes, 0);
+  for (size_t rank = 0; rank < r.rank_bytes_read.size(); ++rank)
+    node_bytes[rank / ranks_per_node] += r.rank_bytes_read[rank];
+  j["node_bytes_read"] = node_bytes;
+  j["busiest_node_share_multiple"] =
+      static_cast<double>(*std::max_element(node_bytes.begin(), node_bytes.end())) * r.nodes / checkpoint_bytes;
   return j;
 }
 
@@ -326,19 +354,20 @@ void write_nodes_table(const nlohmann::ordered_json& results, const std::string&
   const uint64_t bytes = results.at("checkpoint_bytes").get<uint64_t>();
   std::string md = fmt::format(
       "S = {} bytes ({}); {} ranks per node.\n\n"
-      "| method | nodes (K) | ranks | bytes read from storage by the job | job bytes read (x S) | load time, slowest "
-      "rank (s) |\n"
-      "|---|---:|---:|---:|---:|---:|\n",
+      "| method | nodes (K) | ranks | bytes read from storage by the job | job bytes read (x S) | busiest node reads "
+      "(x S/K) | load time, slowest rank (s) |\n"
+      "|---|---:|---:|---:|---:|---:|---:|\n",
       bytes, format_size(bytes), results.at("ranks_per_node").get<int>());
   for (const auto& r : results.at("runs")) {
     const std::string row = fmt::format("| {} | {} | {} |", r.at("method").get<std::string>(), r.at("nodes").get<int>(),
                                         r.at("ranks").get<int>());
     if (r.contains("skipped")) {
-      md += fmt::format("{} skipped: {} | | |\n", row, r.at("skipped").get<std::string>());
+      md += fmt::format("{} skipped: {} | | | |\n", row, r.at("skipped").get<std::string>());
       continue;
     }
-    md += fmt::format("{} {} | {:.4f} | {:.2f} |\n", row, r.at("job_bytes_read").get<uint64_t>(),
-                      r.at("job_bytes_read_multiple").get<double>(), r.at("load_seconds").get<double>());
+    md += fmt::format("{} {} | {:.4f} | {:.3f} | {:.2f} |\n", row, r.at("job_bytes_read").get<uint64_t>(),
+                      r.at("job_bytes_read_multiple").get<double>(), r.at("busiest_node_share_multiple").get<double>(),
+                      r.at("load_seconds").get<double>());
   }
   write_file(out_prefix + ".md", md);
   fmt::print("{}", md);
@@ -542,12 +571,15 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(cli::whole_number_at_least(1))
       ->capture_default_str();
-  run->add_option("--methods", methods, "naive, mmap, shared, private, shared-leader")
+  run->add_option("--methods", methods,
+                  "naive, mmap, shared (map_files auto), staged, mapped, private, shared-leader, cat (storage limit)")
       ->delimiter(',')
       ->capture_default_str();
   run->add_option("--out", out, "prefix of the .json, .md and .svg written")
       ->check(output_prefix())
       ->capture_default_str();
+  std::string dtype;
+  run->add_option("--dtype", dtype, "passed to shardcast's loads (f32 on a bf16 checkpoint: everything is staged)");
   run->add_flag("--warm", warm,
                 "keep the page cache between runs (default: drop it, as root, so each run reads storage)");
 
@@ -611,6 +643,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     if (*gpu) return run_gpu(gpu_args);
     if (*headers) return run_header_bench(header_args);
+    if (!dtype.empty()) shardcast_flags = {"--dtype", dtype};
     if (*run) return run_matrix(checkpoint, size, ranks, methods, out, !warm);
     if (*demo) return run_demo(demo_checkpoint, demo_ranks);
     if (*nodes) return run_nodes(nodes_args);
