@@ -1,5 +1,6 @@
 #include "shm/file_view.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -9,12 +10,14 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/io_stats.h"
 #include "shm/fault_messages.h"
 
 namespace shardcast::shm {
 namespace {
 
-constexpr uint64_t kPrefetchRead = 8ull << 20;  // per pread: large enough to run at the storage's speed
+constexpr uint64_t kPrefetchRead = 8ull << 20;  // per pread where MADV_POPULATE_READ is missing
+constexpr uint64_t kWillNeedStep = 128 << 10;   // the smallest readahead size a block device has by default
 
 std::string changed_text(const std::filesystem::path& path, const FileIdentity& then, const FileIdentity& now,
                          const std::string& when) {
@@ -30,7 +33,7 @@ std::shared_ptr<FileView> FileView::map(const std::filesystem::path& path, Acces
                                         const FileIdentity* expected) {
   std::shared_ptr<FileView> view(new FileView);
   view->file_ = File::open_read(path);
-  const FileIdentity identity = view->file_.identity();
+  const FileIdentity identity = view->identity_ = view->file_.identity();
   if (expected && identity != *expected) {
     throw Error(ErrorCode::kCorruptCheckpoint, changed_text(path, *expected, identity, "since its header was read"));
   }
@@ -66,24 +69,40 @@ void FileView::prefetch(uint64_t offset, uint64_t length) {
   std::vector<unsigned char> resident((end - first + page - 1) / page);
   if (::mincore(data_ + first, end - first, resident.data()) != 0)
     throw_system_error("mincore", path().string(), errno);
-  if (reader_.fd() < 0) {
-    reader_ = File::open_read(path());
-    reader_.no_readahead();
+  uint64_t missing = 0;
+  for (size_t i = 0; i < resident.size(); ++i) {
+    if (!(resident[i] & 1)) missing += std::min(end, first + (i + 1) * page) - (first + i * page);
   }
-  std::vector<uint8_t> bounce;
-  for (size_t i = 0; i < resident.size();) {
-    if (resident[i] & 1) {
-      ++i;
-      continue;
+  if (missing == 0) return;
+  // Exactly the range: its reads queued at once (WILLNEED reads at most the device's readahead size per call, so in
+  // steps no device goes below), then faulted in without the fault path's read-around, which would read ahead into
+  // pages another rank or node is to read.
+  for (uint64_t at = first; at < end; at += kWillNeedStep) {
+    ::posix_fadvise(file_.fd(), static_cast<off_t>(at), static_cast<off_t>(std::min(kWillNeedStep, end - at)),
+                    POSIX_FADV_WILLNEED);
+  }
+  ::madvise(data_ + first, end - first, MADV_RANDOM);
+  const int populated = ::madvise(data_ + first, end - first, MADV_POPULATE_READ);
+  const int error = errno;
+  ::madvise(data_ + first, end - first, MADV_NORMAL);  // later faults (pages reclaimed since) read ahead as usual
+  if (populated != 0 && error == EINVAL) {             // a kernel before 5.14: read the range through the page cache
+    std::vector<uint8_t> bounce(std::min<uint64_t>(end - first, kPrefetchRead));
+    for (uint64_t at = first; at < end; at += bounce.size()) {
+      file_.read_exact_at(bounce.data(), std::min<uint64_t>(bounce.size(), end - at), at);
     }
-    size_t j = i;
-    while (j < resident.size() && !(resident[j] & 1) && (j - i) * page < kPrefetchRead) ++j;
-    const uint64_t from = first + i * page;
-    const uint64_t to = std::min(end, first + j * page);
-    bounce.resize(std::max<uint64_t>(bounce.size(), to - from));
-    reader_.read_exact_at(bounce.data(), to - from, from);
-    i = j;
+    return;
   }
+  if (populated != 0) {
+    check_unchanged(identity_, "while it was being loaded");  // names a truncation, if that is what it was
+    if (error == EFAULT) {
+      throw Error(ErrorCode::kCorruptCheckpoint,
+                  fmt::format("'{}': bytes {} to {} cannot be read through its mapping: the file was cut short while "
+                              "loading",
+                              path().string(), first, end));
+    }
+    throw_system_error("madvise(MADV_POPULATE_READ)", path().string(), error);
+  }
+  count_checkpoint_read(missing);
 }
 
 void FileView::check_unchanged(const FileIdentity& expected, const std::string& when) const {

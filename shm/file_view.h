@@ -29,10 +29,12 @@ class FileView {
   uint64_t size() const { return size_; }
   const std::filesystem::path& path() const { return file_.path(); }
 
-  // Brings the pages of [offset, offset + length) into the page cache: those mincore() says are not resident are read
-  // with large pread()s through a descriptor without readahead (as fast as the storage reads, and no further: pages
-  // next to the range are left to whoever needs them). A warm cache costs a residency check. Counted as checkpoint
-  // bytes read (core/io_stats.h), whole pages.
+  // Brings the pages of [offset, offset + length) into the page cache and this mapping: their reads queued at once
+  // (POSIX_FADV_WILLNEED), then MADV_POPULATE_READ without read-around, so the storage reads the range at full speed
+  // and nothing past it (the pages next to it are another rank's, or another node's, to read); pread() where the
+  // kernel lacks MADV_POPULATE_READ (before 5.14). A warm cache costs a residency check (mincore). The pages that were
+  // not resident count as checkpoint bytes read (core/io_stats.h). A file cut short under the range is
+  // kCorruptCheckpoint, not a SIGBUS.
   void prefetch(uint64_t offset, uint64_t length);
 
   // kCorruptCheckpoint when the open file no longer is `expected` (truncated or rewritten in place since mapping).
@@ -41,7 +43,7 @@ class FileView {
  private:
   FileView() = default;
   File file_;
-  File reader_;  // prefetch's: POSIX_FADV_RANDOM, so the mapping's own faults keep their readahead
+  FileIdentity identity_;  // when mapped
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
 };
