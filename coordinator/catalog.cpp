@@ -72,15 +72,21 @@ Located locate(const fs::path& path) {
   return Located{root, {}, path};
 }
 
+// What the shard's file is as rank 0 reads it: its size, its identity (mappings are checked against it), its file
+// system.
+void record_file(ShardInfo& shard, const File& file) {
+  shard.identity = file.identity();
+  shard.file_size = shard.identity.size;
+  shard.network_fs = file.on_network_fs();
+}
+
 // Reads one shard's tensors into the catalog; the shard's own entry is already in catalog.shards.
 void read_shard(Catalog& catalog, uint32_t shard_index, std::vector<TensorInfo>* out) {
   ShardInfo& shard = catalog.shards[shard_index];
   if (shard.format == CheckpointFormat::kSafetensors) {
     File file = File::open_read(shard.path);
     file.no_readahead();
-    shard.identity = file.identity();
-    shard.file_size = shard.identity.size;
-    shard.network_fs = file.on_network_fs();
+    record_file(shard, file);
     SafetensorsHeader header = read_safetensors_header(file);
     shard.data_start = header.data_start;
     shard.metadata = header.metadata;
@@ -95,10 +101,7 @@ void read_shard(Catalog& catalog, uint32_t shard_index, std::vector<TensorInfo>*
       out->push_back(std::move(info));
     }
   } else {
-    const File file = File::open_read(shard.path);
-    shard.identity = file.identity();
-    shard.file_size = shard.identity.size;
-    shard.network_fs = file.on_network_fs();
+    record_file(shard, File::open_read(shard.path));
     for (auto& t : read_torch_bin_metadata(shard.path)) {
       TensorInfo info;
       info.name = std::move(t.name);

@@ -17,12 +17,11 @@ using testing::TempDir;
 // a F32 [0,8), b I16 [8,14), c F32 [14,18) (offset 14: not a multiple of 4), d U8 [18,20), e F32 [20,24). The header
 // is padded so the data starts at a multiple of 8, as safetensors writes it.
 Catalog odd_catalog(const TempDir& dir) {
-  std::string header =
+  const std::string header =
       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I16","shape":[3],"data_offsets":[8,14]},)"
       R"("c":{"dtype":"F32","shape":[1],"data_offsets":[14,18]},"d":{"dtype":"U8","shape":[2],"data_offsets":[18,20]},)"
       R"("e":{"dtype":"F32","shape":[1],"data_offsets":[20,24]}})";
-  header.append((8 - (8 + header.size()) % 8) % 8, ' ');
-  testing::write_file(dir / "model.safetensors", testing::safetensors_bytes(header, std::string(24, '\x01')));
+  testing::write_file(dir / "model.safetensors", testing::padded_safetensors_bytes(header, std::string(24, '\x01')));
   return open_catalog(dir.path());
 }
 

@@ -13,6 +13,11 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
   return safetensors_bytes_with_length(header.size(), header, data);
 }
 
+std::string padded_safetensors_bytes(std::string header, const std::string& data) {
+  header.append((8 - (8 + header.size()) % 8) % 8, ' ');
+  return safetensors_bytes(header, data);
+}
+
 namespace {
 
 std::string data_bytes(size_t n) {

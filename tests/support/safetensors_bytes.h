@@ -12,6 +12,9 @@ namespace shardcast::testing {
 // 8-byte little-endian length of `header`, `header`, then `data`.
 std::string safetensors_bytes(const std::string& header, const std::string& data);
 std::string safetensors_bytes_with_length(uint64_t declared_length, const std::string& header, const std::string& data);
+// The same with `header` padded with spaces so the data starts at a multiple of 8, as safetensors writes it: tensor
+// offsets in the file are then as aligned as their data offsets.
+std::string padded_safetensors_bytes(std::string header, const std::string& data);
 
 // A sound two-tensor file: "a" F32 [2] at [0,8) and "b" I16 [3] at [8,14), bytes 0..13.
 std::string sound_safetensors();

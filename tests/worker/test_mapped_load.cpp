@@ -102,14 +102,13 @@ TEST(MappedLoad, AConvertingLoadMapsWhatKeepsItsDtypeStagesTheRestAndSaysWhy) {
 TEST(MappedLoad, ATensorAtAnOffsetNotAMultipleOfItsElementSizeIsStagedAndBitExact) {
   TempDir dir;
   // a F32 at data offset 0, b F32 at 6 (unaligned: torch needs 4), c U8 at 10, d F32 at 12.
-  std::string header =
+  const std::string header =
       R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[6,10]},)"
       R"("c":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},"d":{"dtype":"F32","shape":[1],"data_offsets":[12,16]},)"
       R"("e":{"dtype":"U8","shape":[2],"data_offsets":[10,12]}})";
-  header.append((8 - (8 + header.size()) % 8) % 8, ' ');
   std::string data;
   for (int i = 0; i < 16; ++i) data.push_back(static_cast<char>(0x40 + i));
-  testing::write_file(dir / "ckpt" / "model.safetensors", testing::safetensors_bytes(header, data));
+  testing::write_file(dir / "ckpt" / "model.safetensors", testing::padded_safetensors_bytes(header, data));
   auto outcomes = with_sessions(dir, 1, [&](Session& session, int) {
     StateDict state = session.load(dir / "ckpt");
     std::string out = unusual_sources(session.last_stats(), TensorSource::kMapped);

@@ -99,20 +99,20 @@ double expected_multiple(const std::string& key, int ranks) {
   return 1.0;
 }
 
-// The slowest rank's load, once it has joined the job: shardcast's phases (catalog to materialize; joining the job,
-// MPI_Init included, is the launcher's cost, not the load's), the baselines' own timing (they join nothing).
+// A rank's load once it has joined the job: shardcast's phases (catalog to materialize; joining the job, MPI_Init
+// included, is the launcher's cost, not the load's), the baselines' own timing (they join nothing).
+double rank_load_seconds(const nlohmann::json& report) {
+  if (!report.contains("phases")) return report.at("seconds").get<double>();
+  double seconds = 0;
+  for (const auto& [phase, s] : report.at("phases").items()) seconds += s.get<double>();
+  return seconds;
+}
+
 double slowest_rank_seconds(const fs::path& dir, int ranks) {
   double slowest = 0;
   for (int r = 0; r < ranks; ++r) {
     std::ifstream in(dir / fmt::format("report{}.json", r));
-    auto j = nlohmann::json::parse(in);
-    double seconds = 0;
-    if (j.contains("phases")) {
-      for (const auto& [phase, s] : j.at("phases").items()) seconds += s.get<double>();
-    } else {
-      seconds = j.at("seconds").get<double>();
-    }
-    slowest = std::max(slowest, seconds);
+    slowest = std::max(slowest, rank_load_seconds(nlohmann::json::parse(in)));
   }
   return slowest;
 }
@@ -293,7 +293,7 @@ void read_job_reports(const fs::path& dir, int nodes, JobRun& run) {
       throw Error(ErrorCode::kSystem, fmt::format("{}: rank {} wrote no report {}", run.method, r, path.string()));
     const auto report = nlohmann::json::parse(in);
     run.rank_bytes_read.push_back(report.at("rank_bytes_read").get<uint64_t>());
-    run.load_s = std::max(run.load_s, report.at("seconds").get<double>());
+    run.load_s = std::max(run.load_s, rank_load_seconds(report));
     if (report.contains("node_count") && report["node_count"].get<int>() != nodes) {
       throw Error(ErrorCode::kSystem, fmt::format("{}: rank {} ran on {} node(s), not {}: SHARDCAST_RANKS_PER_NODE was "
                                                   "not applied",
