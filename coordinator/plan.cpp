@@ -334,21 +334,25 @@ Plan make_plan(const Catalog& catalog, const LoadRequest& unresolved, int local_
     for (size_t i = 0; i < plan.segments.size(); ++i) plan.batches[0].push_back(i);
   }
 
+  // A segment's hash covers what its bytes are (a kept copy is reused by a job with other readers); the plan's covers
+  // who reads what too, so that ranks that planned differently are caught before any of them waits.
   uint64_t h = 1469598103934665603ull;
-  for (const PlannedSegment& segment : plan.segments) {
-    mix(h, segment.shard);
-    mix(h, segment.size);
-    mix(h, static_cast<uint64_t>(segment.mapped));
-    mix(h, segment.file_offset);
+  for (PlannedSegment& segment : plan.segments) {
+    uint64_t content = 1469598103934665603ull;
+    mix(content, segment.shard);
+    mix(content, segment.size);
+    mix(content, static_cast<uint64_t>(segment.mapped));
+    mix(content, segment.file_offset);
     for (const PlannedTensor& p : segment.tensors) {
-      const TensorInfo& t = catalog.tensors[p.catalog_index];
-      mix(h, t.name);
-      mix(h, static_cast<uint64_t>(p.dtype));
-      mix(h, p.offset);
-      mix(h, p.nbytes);
-      mix(h, static_cast<uint64_t>(p.tied));
-      mix(h, static_cast<uint64_t>(p.source));
+      mix(content, catalog.tensors[p.catalog_index].name);
+      mix(content, static_cast<uint64_t>(p.dtype));
+      mix(content, p.offset);
+      mix(content, p.nbytes);
+      mix(content, static_cast<uint64_t>(p.tied));
     }
+    segment.layout_hash = content;
+    mix(h, content);
+    for (const PlannedTensor& p : segment.tensors) mix(h, static_cast<uint64_t>(p.source));
     for (const PlannedRead& r : segment.reads) {
       for (uint64_t v : {uint64_t{r.tensor}, r.first, r.count, uint64_t(r.node), uint64_t(r.reader)}) mix(h, v);
     }

@@ -104,6 +104,9 @@ struct PlannedSegment {
   // other nodes receive the run into a segment. A run the split between nodes divides is staged everywhere instead.
   bool mapped = false;
   uint64_t file_offset = 0;
+  // What its bytes are (shard, size, tensors: names, dtypes, offsets), not who reads them: a segment's header carries
+  // it, and a kept copy staged by another job with other ranks or nodes matches it.
+  uint64_t layout_hash = 0;
 };
 
 struct Plan {
@@ -111,7 +114,7 @@ struct Plan {
   std::vector<std::vector<size_t>> batches;  // segment indices staged and released together
   uint64_t total_bytes = 0;                  // sum of segment sizes (tensors 64-byte aligned), mapped ones included
   uint64_t tensor_bytes = 0;                 // the planned tensors' bytes in their loaded dtypes, tied ones once
-  uint64_t layout_hash = 0;
+  uint64_t layout_hash = 0;  // the segments' hashes and who reads what: every rank of a job must plan the same
   size_t tensor_count = 0;
 };
 

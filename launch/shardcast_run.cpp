@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/size.h"
 #include "launch/supervisor.h"
+#include "shm/kept_copies.h"
 #include "shm/segment.h"
 #include "tools/cli_checks.h"
 
@@ -34,14 +35,25 @@ struct Args {
   std::vector<std::string> command;
 };
 
-// Ranks killed while their node leader was staging leave its segments behind (the leader unlinks them only once every
-// local rank has attached). Their creators are gone now, so this removes exactly what `shardcast gc` would.
-void remove_leftover_segments() {
+shardcast::shm::Location segment_location() {
   const char* dir = std::getenv("SHARDCAST_SHM_DIR");
-  const shardcast::shm::Location location{dir ? dir : ""};
-  for (const auto& o : shardcast::shm::remove_orphans(location)) {
+  return shardcast::shm::Location{dir ? dir : ""};
+}
+
+// After a failed job: named segments (of earlier versions) whose creators are gone, as `shardcast gc` removes them.
+void remove_leftover_segments() {
+  for (const auto& o : shardcast::shm::remove_orphans(segment_location())) {
     fmt::print(stderr, "shardcast-run: removed segment {} ({}, {}) left by a stopped rank\n", o.name,
                shardcast::format_size(o.bytes), o.state);
+  }
+}
+
+// Before a job: the user's expired kept copies (load --keep) and half-published ones, so that their memory is free
+// for this job; nothing else removes them before `shardcast gc` or the next load on the node.
+void remove_expired_kept_copies() {
+  for (const auto& c : shardcast::shm::remove_expired_kept_copies(segment_location())) {
+    fmt::print(stderr, "shardcast-run: removed kept copy {} ({}, {})\n", c.name, shardcast::format_size(c.allocated),
+               c.problem.empty() ? "expired" : c.problem);
   }
 }
 
@@ -151,6 +163,7 @@ int main(int argc, char** argv) {
     if (a.master_port == 0) a.master_port = a.nnodes == 1 ? free_port() : 29500;
     shardcast::SupervisorOptions options;
     options.stop_grace = std::chrono::milliseconds(static_cast<long long>(a.stop_timeout_s * 1000));
+    remove_expired_kept_copies();
     const int status = shardcast::supervise(children(a), options);
     if (status != 0) remove_leftover_segments();
     return status;

@@ -11,6 +11,7 @@
 #include "coordinator/device_map.h"
 #include "coordinator/inspect.h"
 #include "coordinator/verify.h"
+#include "core/duration.h"
 #include "core/size.h"
 #include "launch/communicator.h"
 #include "launch/launch_env.h"
@@ -73,6 +74,12 @@ py::dict stats_dict(const LoadStats& s) {
   for (const auto& [name, source] : s.tensor_sources)
     sources[py::str(name)] = py::str(std::string(source_name(source)));
   d["sources"] = sources;
+  py::dict kept;  // this node's kept copy: "reused", "kept", "not kept" (why in "note"), or "none"
+  kept["state"] = std::string(kept_state_name(s.kept.state));
+  kept["key"] = s.kept.key;
+  kept["expires_unix"] = s.kept.expires_unix;
+  kept["note"] = s.kept.note;
+  d["kept"] = kept;
   d["rank_bytes_staged"] = s.rank_bytes_staged;
   d["rank_bytes_read"] = s.rank_bytes_read;
   d["tensors"] = s.tensors;
@@ -110,6 +117,7 @@ struct PyLoadOptions {
   int tp_size = 1;
   std::vector<std::string> tp_rules;
   double timeout = 600;
+  std::string keep_for;  // a duration ("10m", "600"); empty: keep nothing
   std::string shm_dir;
   bool parallel_read = true;
   int device = -1;
@@ -136,6 +144,7 @@ struct PyLoadOptions {
     o.offload_folder = offload_folder;
     if (timeout <= 0) throw Error(ErrorCode::kInvalidArgument, fmt::format("timeout={} is not positive", timeout));
     o.timeout = std::chrono::seconds(static_cast<int64_t>(timeout + 0.999));
+    if (!keep_for.empty()) o.keep_for = parse_duration(keep_for);
     o.shm_dir = shm_dir;
     o.parallel_read = parallel_read;
     if (tp_size < 1) throw Error(ErrorCode::kInvalidArgument, fmt::format("tp_size={} is below 1", tp_size));
@@ -223,6 +232,7 @@ PYBIND11_MODULE(_shardcast, m) {
       .def_readwrite("tp_size", &PyLoadOptions::tp_size)
       .def_readwrite("tp_rules", &PyLoadOptions::tp_rules)
       .def_readwrite("timeout", &PyLoadOptions::timeout)
+      .def_readwrite("keep_for", &PyLoadOptions::keep_for)
       .def_readwrite("shm_dir", &PyLoadOptions::shm_dir)
       .def_readwrite("parallel_read", &PyLoadOptions::parallel_read)
       .def_readwrite("device", &PyLoadOptions::device)

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/size.h"
 #include "shm/fault_messages.h"
+#include "shm/kept_copies.h"
 
 namespace shardcast::shm {
 namespace bip = boost::interprocess;
@@ -215,12 +216,19 @@ uint64_t free_bytes(const Location& location) {
 void check_free_space(const Location& location, uint64_t needed, const std::string& what) {
   const uint64_t available = free_bytes(location);
   if (needed <= available) return;
+  const uint64_t kept = kept_bytes(location);
+  const std::string kept_note =
+      kept == 0 ? ""
+                : fmt::format(
+                      " (kept copies of earlier jobs hold {}: `shardcast ls` lists them, `shardcast gc --kept` "
+                      "removes them)",
+                      format_size(kept));
   throw Error(ErrorCode::kSystem,
-              fmt::format("not enough shared memory for {}: need {} ({} bytes), {} has {} ({} bytes) free. Fix: give "
-                          "the container more (docker run --shm-size={}), or put segments in a directory on a local "
-                          "disk with --shm-dir DIR (SHARDCAST_SHM_DIR)",
+              fmt::format("not enough shared memory for {}: need {} ({} bytes), {} has {} ({} bytes) free{}. Fix: "
+                          "give the container more (docker run --shm-size={}), or put segments in a directory on a "
+                          "local disk with --shm-dir DIR (SHARDCAST_SHM_DIR)",
                           what, format_size(needed), needed, location.describe(), format_size(available), available,
-                          (needed + (1ull << 30) - 1) >> 30 << 30));
+                          kept_note, (needed + (1ull << 30) - 1) >> 30 << 30));
 }
 
 std::vector<Orphan> find_orphans(const Location& location) {
@@ -228,7 +236,7 @@ std::vector<Orphan> find_orphans(const Location& location) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(location.filesystem(), ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(kNamePrefix, 0) != 0) continue;
+    if (name.rfind(kNamePrefix, 0) != 0 || !entry.is_regular_file(ec)) continue;  // kept copies are a directory
     if (creator_alive(name, location)) continue;
     SegmentHeader h{};
     uint64_t size = 0;

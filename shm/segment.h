@@ -1,7 +1,8 @@
 // Node-shared memory segments that never carry a name: the node leader creates each one as an unnamed file
 // (O_TMPFILE) in /dev/shm (or in a directory, on hosts with a small /dev/shm), and local ranks receive its descriptor
 // over the node link (node_link.h). The memory is freed when the last process holding a descriptor or a mapping exits,
-// however it exits: nothing can be left behind for `shardcast gc`.
+// however it exits: nothing can be left behind for `shardcast gc`. The one exception is opt-in: kept copies
+// (kept_copies.h) give a finished load's segments a name so that the next job can attach to them.
 #pragma once
 
 #include <cstdint>
@@ -39,15 +40,15 @@ struct SegmentHeader {
   uint32_t version;
   uint32_t header_size;
   uint64_t data_size;
-  uint64_t layout_hash;  // fingerprint of what the segment holds; attach refuses a segment of another plan
+  uint64_t layout_hash;  // of what the segment holds (PlannedSegment::layout_hash); attach refuses another
   int32_t creator_pid;
   uint32_t state;  // SegmentState, accessed atomically
 };
 static_assert(sizeof(SegmentHeader) <= 4096, "the header must fit the first page");
 
 inline constexpr uint64_t kSegmentMagic = 0x5453414344524853ull;  // "SHRDCAST" little-endian
-inline constexpr uint32_t kSegmentVersion = 2;                    // 2: unnamed, shared by descriptor
-inline constexpr uint64_t kHeaderBytes = 4096;                    // data starts page-aligned
+inline constexpr uint32_t kSegmentVersion = 3;  // 2: unnamed, shared by descriptor; 3: per-segment hash, kept copies
+inline constexpr uint64_t kHeaderBytes = 4096;  // data starts page-aligned
 
 class Segment {
  public:

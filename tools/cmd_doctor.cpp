@@ -15,6 +15,7 @@
 #include "core/meminfo.h"
 #include "core/size.h"
 #include "launch/launch_env.h"
+#include "shm/kept_copies.h"
 #include "shm/node_link.h"
 #include "shm/segment.h"
 #include "tools/commands.h"
@@ -158,6 +159,27 @@ std::vector<Check> run_checks(const shm::Location& location, const std::optional
                       fmt::format("{} named segment(s) of dead jobs hold {} in {}", orphans.size(),
                                   format_size(orphan_bytes), location.describe()),
                       "shardcast gc"});
+  }
+  try {
+    uint64_t kept = 0, expired = 0;
+    size_t count = 0;
+    for (const auto& c : shm::KeptStore(location).list(shm::unix_now(), false)) {
+      kept += c.allocated;
+      count += 1;
+      if (c.expired || !c.problem.empty()) expired += c.allocated;
+    }
+    if (count == 0) {
+      checks.push_back({"kept copies", "ok", "none (load --keep makes them)", ""});
+    } else {
+      checks.push_back(
+          {"kept copies", expired > 0 ? "warn" : "ok",
+           fmt::format("{} kept cop{} of earlier jobs hold {} of {} ({} expired or orphaned); the free space above is "
+                       "what they leave (shardcast ls lists them, shardcast gc --kept frees them)",
+                       count, count == 1 ? "y" : "ies", format_size(kept), location.describe(), format_size(expired)),
+           expired > 0 ? "shardcast gc" : ""});
+    }
+  } catch (const std::exception& e) {
+    checks.push_back({"kept copies", "warn", e.what(), "remove the directory named"});
   }
   return checks;
 }

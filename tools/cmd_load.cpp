@@ -13,9 +13,11 @@
 #include "coordinator/digest.h"
 #include "coordinator/tensor_parallel.h"
 #include "coordinator/torch_dtype.h"
+#include "core/duration.h"
 #include "core/file.h"
 #include "core/size.h"
 #include "launch/launch_env.h"
+#include "shm/kept_copies.h"
 #include "tools/cli_checks.h"
 #include "tools/commands.h"
 #include "tools/device_map_options.h"
@@ -26,6 +28,7 @@ namespace {
 
 struct LoadArgs {
   std::string checkpoint, placement = "shared", dtype = "keep", map_files = "auto", shm_dir, digest_out, report_out;
+  std::string keep;  // --keep: a duration
   DeviceMapArgs map;
   std::vector<std::string> tensors;
   int timeout_s = 600;
@@ -97,6 +100,23 @@ std::map<TensorSource, std::vector<std::string>> by_source(const LoadStats& stat
   return out;
 }
 
+// What became of the node's kept copy (rank 0's node).
+void print_kept(const KeptUse& kept) {
+  const auto left = std::chrono::seconds(kept.expires_unix - shm::unix_now());
+  switch (kept.state) {
+    case KeptState::kNone: break;
+    case KeptState::kReused:
+      fmt::print("  reused kept copy {} (nothing staged or read); kept for {} more\n", kept.key, format_duration(left));
+      break;
+    case KeptState::kKept:
+      fmt::print("  kept this node's copy as {} for {} (`shardcast ls`, `shardcast gc --kept`)\n", kept.key,
+                 format_duration(left));
+      break;
+    case KeptState::kNotKept: fmt::print("  not kept: {}\n", kept.note); break;
+  }
+  if (kept.state != KeptState::kNotKept && !kept.note.empty()) fmt::print("  {}\n", kept.note);
+}
+
 void run_load(const LoadArgs& args) {
   const auto start = std::chrono::steady_clock::now();
   Session session = Session::from_env(std::chrono::seconds(args.timeout_s));
@@ -108,6 +128,7 @@ void run_load(const LoadArgs& args) {
   options.tensors = args.tensors;
   options.shm_dir = args.shm_dir;
   options.timeout = std::chrono::seconds(args.timeout_s);
+  if (!args.keep.empty()) options.keep_for = parse_duration(args.keep);
   options.parallel_read = !args.leader_reads_only;
   options.gpu = args.gpu;
   const RingShape ring = parse_ring(args.ring);
@@ -162,6 +183,10 @@ void run_load(const LoadArgs& args) {
     for (const auto& [source, names] : by_source(stats))
       report["sources"][std::string(source_name(source))] = names.size();
     for (const auto& [name, source] : stats.tensor_sources) report["tensor_sources"][name] = source_name(source);
+    report["kept"] = {{"state", kept_state_name(stats.kept.state)},
+                      {"key", stats.kept.key},
+                      {"expires_unix", stats.kept.expires_unix},
+                      {"note", stats.kept.note}};
     report["rank_bytes_staged"] = stats.rank_bytes_staged;
     report["rank_bytes_read"] = stats.rank_bytes_read;
     if (options.placement == Placement::kCuda) {
@@ -197,11 +222,12 @@ void run_load(const LoadArgs& args) {
                  format_size(stats.ring_bytes));
     } else {
       fmt::print(
-          "loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} mapped from the page cache, {} "
-          "staged per node\n",
+          "loaded {} tensors ({}) on {} rank(s) in {:.2f} s: placement {}, {} mapped from the page cache, {} {}\n",
           state.size(), format_size(stats.tensor_bytes), topo.world_size, seconds, args.placement,
-          format_size(stats.node_bytes_mapped), format_size(stats.node_bytes_staged));
+          format_size(stats.node_bytes_mapped), format_size(stats.node_bytes_staged),
+          stats.kept.state == KeptState::kReused ? "from a kept copy" : "staged per node");
     }
+    print_kept(stats.kept);
     // Why what was not mapped was staged, with a few names each.
     for (const auto& [source, names] : by_source(stats)) {
       if (source == TensorSource::kMapped) continue;
@@ -257,6 +283,10 @@ void add_load(CLI::App& app) {
   cmd->add_option("--timeout", args.timeout_s, "seconds each wait between ranks may take")
       ->check(whole_number_at_least(1))
       ->capture_default_str();
+  cmd->add_option("--keep", args.keep,
+                  "keep the node's staged copy this long after the job (10m, 1h, seconds); a later job asking for "
+                  "the same bytes attaches to it and reads nothing")
+      ->check(parsed_by([](const std::string& text) { parse_duration(text); }, "DURATION"));
   cmd->add_flag("--leader-reads-only", args.leader_reads_only, "only the node leader reads from storage");
   cmd->add_option("--digest-out", args.digest_out, "write this rank's digest lines here ({rank} = global rank)")
       ->check(rank_output_file());

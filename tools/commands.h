@@ -17,6 +17,7 @@ void add_info(CLI::App& app);
 void add_load(CLI::App& app);
 void add_plan(CLI::App& app);
 void add_gc(CLI::App& app);
+void add_ls(CLI::App& app);
 void add_doctor(CLI::App& app);
 
 }  // namespace shardcast::cli

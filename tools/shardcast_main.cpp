@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   shardcast::cli::add_load(app);
   shardcast::cli::add_plan(app);
   shardcast::cli::add_gc(app);
+  shardcast::cli::add_ls(app);
   shardcast::cli::add_doctor(app);
   shardcast::cli::add_info(app);
   try {

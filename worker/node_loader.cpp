@@ -128,6 +128,34 @@ void NodeLoader::finish_step(const std::string& step, const std::string& my_erro
   }
 }
 
+std::vector<KeptUse> NodeLoader::agree_on_plan(uint64_t layout_hash, const KeptUse& kept, Timeout timeout) {
+  const Topology& t = group_.topology;
+  const auto all =
+      group_.world->all_gather(fmt::format("{:016x} {} {} {}", layout_hash, t.node, static_cast<char>(kept.state),
+                                           kept.key.empty() ? "-" : kept.key),
+                               "plan", timeout);
+  std::vector<KeptUse> node_kept(t.node_count);
+  for (size_t r = 0; r < all.size(); ++r) {
+    unsigned long long hash = 0;
+    int node = -1;
+    char state = 0;
+    char key[65] = {};
+    if (std::sscanf(all[r].c_str(), "%llx %d %c %64s", &hash, &node, &state, key) != 4 || node < 0 ||
+        node >= t.node_count) {
+      throw Error(ErrorCode::kRemoteRankFailed, fmt::format("rank {} sent a malformed plan summary '{}'", r, all[r]));
+    }
+    if (hash != layout_hash) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("rank {} planned another load than rank {} (layout {:016x} vs {:016x}): every rank must "
+                              "pass the same checkpoint and load options",
+                              r, t.rank, hash, layout_hash),
+                  {static_cast<int>(r)});
+    }
+    if (state != static_cast<char>(KeptState::kNone)) node_kept[node] = {static_cast<KeptState>(state), key};
+  }
+  return node_kept;
+}
+
 void NodeLoader::agree(const std::string& step, const std::string& my_error, Timeout timeout) {
   // Job-wide: a failure on any node stops every node (the exchange between nodes would otherwise wait for it).
   const Topology& t = group_.topology;
@@ -212,8 +240,32 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
   }
   stats.tensor_bytes = plan.tensor_bytes;
   stats.tensors = plan.tensor_count;
-  for (size_t i = 0; i < plan.segments.size(); ++i) stats.segments += mapped_here(i) ? 0 : 1;
+  std::vector<size_t> staged_here;  // every segment this node stages (or reuses from a kept copy)
+  for (size_t i = 0; i < plan.segments.size(); ++i) {
+    if (!mapped_here(i)) staged_here.push_back(i);
+  }
+  stats.segments = staged_here.size();
   phase("plan", start);
+
+  // 2b. The leader reuses this node's kept copy from an earlier job, or takes the right to keep what it stages now
+  // (worker/kept_load.h). Every rank learns each node's choice, and that every rank planned the same load.
+  start = Clock::now();
+  std::optional<KeptLoad> kept;
+  if (topo.is_node_leader() && options.placement != Placement::kCuda) {
+    kept.emplace(options.location, catalog_, plan, request, staged_here, options.keep_for, timeout / 2, topo.job_id);
+  }
+  const std::vector<KeptUse> node_kept = agree_on_plan(plan.layout_hash, kept ? kept->use() : KeptUse{}, timeout);
+  const bool reused_here = node_kept[topo.node].state == KeptState::kReused;
+  // A piece goes between nodes unless every node but its sender reuses a kept copy.
+  auto piece_needed = [&](const SegmentPiece& piece) {
+    for (int n = 0; n < topo.node_count; ++n) {
+      if (n != piece.node && node_kept[n].state != KeptState::kReused) return true;
+    }
+    return false;
+  };
+  std::vector<std::shared_ptr<shm::Segment>> keep_segments(plan.segments.size());  // the leader's, while keeping
+  std::vector<uint8_t> scratch;  // where a node that reuses its copy receives what the exchange sends the others
+  phase("kept", start);
 
   const int load_id = load_count_++;
   auto describe = [&](size_t index) { return describe_segment(load_id, fmt::format("s{}", index)); };
@@ -261,6 +313,7 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     std::vector<std::shared_ptr<shm::Segment>> created(plan.segments.size());
     std::vector<File> descriptors(plan.segments.size());
     std::vector<size_t> staged;  // the batch's segments this node stages (the others it maps)
+    std::vector<std::shared_ptr<shm::Segment>> reused(plan.segments.size());  // the leader's, to send from
     for (size_t i : batch) {
       if (!mapped_here(i)) staged.push_back(i);
     }
@@ -269,17 +322,28 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
               [&] {
                 step("create");
                 if (!topo.is_node_leader()) return;
-                if (load_id == 0 && b == 0) shm::remove_orphans(options.location);
+                if (load_id == 0 && b == 0) {
+                  shm::remove_orphans(options.location);
+                  shm::remove_expired_kept_copies(options.location);
+                }
                 if (staged.empty()) return;
-                uint64_t bytes = 0;
-                for (size_t i : staged) bytes += shm::kHeaderBytes + plan.segments[i].size;
-                shm::check_free_space(options.location, bytes, fmt::format("checkpoint '{}'", checkpoint.string()));
                 std::vector<int> shared;
-                for (size_t i : staged) {
-                  created[i] =
-                      shm::Segment::create(describe(i), plan.segments[i].size, plan.layout_hash, options.location);
-                  descriptors[i] = created[i]->descriptor();
-                  shared.push_back(descriptors[i].fd());
+                if (reused_here) {
+                  for (size_t i : staged) {
+                    descriptors[i] = kept->descriptor(i);
+                    shared.push_back(descriptors[i].fd());
+                  }
+                } else {
+                  uint64_t bytes = 0;
+                  for (size_t i : staged) bytes += shm::kHeaderBytes + plan.segments[i].size;
+                  shm::check_free_space(options.location, bytes, fmt::format("checkpoint '{}'", checkpoint.string()));
+                  for (size_t i : staged) {
+                    created[i] = shm::Segment::create(describe(i), plan.segments[i].size, plan.segments[i].layout_hash,
+                                                      options.location);
+                    descriptors[i] = created[i]->descriptor();
+                    shared.push_back(descriptors[i].fd());
+                    if (kept && kept->use().state == KeptState::kKept) keep_segments[i] = created[i];
+                  }
                 }
                 if (link_) link_->send(shared, descriptor_tag(load_id, b), timeout);
               },
@@ -296,17 +360,29 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                                                                        timeout, fmt::format("batch {}", b + 1));
                            for (size_t k = 0; k < staged.size(); ++k) descriptors[staged[k]] = std::move(received[k]);
                          }
-                         std::vector<std::shared_ptr<shm::Segment>> writable(plan.segments.size());
-                         std::vector<uint8_t*> data(plan.segments.size(), nullptr);
-                         for (size_t i : staged) {
-                           writable[i] = created[i] ? created[i]
-                                                    : shm::Segment::attach(descriptors[i].duplicate(), plan.layout_hash,
-                                                                           shm::Access::kReadWrite, describe(i));
-                           data[i] = writable[i]->data();
+                         // A leader reusing its copy sends from it in the exchange (mapped now: a failure here is
+                         // agreed on, one inside the exchange would leave the other leaders waiting).
+                         if (reused_here && topo.is_node_leader() && topo.node_count > 1) {
+                           for (size_t i : staged) {
+                             reused[i] = shm::Segment::attach(kept->descriptor(i), plan.segments[i].layout_hash,
+                                                              shm::Access::kReadOnly, describe(i));
+                           }
+                           scratch.resize(kExchangeChunk);
                          }
-                         StageStats s =
-                             stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data, on_staged);
-                         stats.rank_bytes_staged += s.bytes_written;
+                         if (!reused_here) {
+                           std::vector<std::shared_ptr<shm::Segment>> writable(plan.segments.size());
+                           std::vector<uint8_t*> data(plan.segments.size(), nullptr);
+                           for (size_t i : staged) {
+                             writable[i] = created[i] ? created[i]
+                                                      : shm::Segment::attach(descriptors[i].duplicate(),
+                                                                             plan.segments[i].layout_hash,
+                                                                             shm::Access::kReadWrite, describe(i));
+                             data[i] = writable[i]->data();
+                           }
+                           StageStats s =
+                               stage_tensors(catalog_, plan, batch, topo.node, topo.local_rank, data, on_staged);
+                           stats.rank_bytes_staged += s.bytes_written;
+                         }
                          // Mapped: this rank's tensors into the page cache (read once, as staging would).
                          for (size_t i : batch) {
                            if (!mapped_here(i)) continue;
@@ -336,26 +412,35 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
     // 4b. Across nodes, each piece of a segment was read by one node only: the leaders send it to the others.
     if (topo.node_count > 1) {
       start = Clock::now();
-      check("exchange",
-            attempt(
-                [&] {
-                  step("exchange");
-                  if (!topo.is_node_leader()) return;
-                  for (size_t i : batch) {
-                    const PlannedSegment& segment = plan.segments[i];
-                    // The node that mapped a run sends it from the page cache.
-                    uint8_t* data = mapped_here(i)
-                                        ? const_cast<uint8_t*>(file_of(segment.shard)->data()) + segment.file_offset
-                                        : created[i]->data();
-                    for (const SegmentPiece& piece : segment.pieces) {
-                      for (uint64_t at = piece.begin; at < piece.end; at += kExchangeChunk) {
-                        group_.leaders->broadcast(data + at, std::min(kExchangeChunk, piece.end - at), piece.node,
-                                                  fmt::format("exchange segment {}", i), timeout);
-                      }
-                    }
-                  }
-                },
-                &own));
+      check("exchange", attempt(
+                            [&] {
+                              step("exchange");
+                              if (!topo.is_node_leader()) return;
+                              for (size_t i : batch) {
+                                const PlannedSegment& segment = plan.segments[i];
+                                // The node that mapped a run sends it from the page cache; a node reusing its kept copy
+                                // sends from that copy and receives nothing into it.
+                                uint8_t* data = nullptr;
+                                if (mapped_here(i)) {
+                                  data = const_cast<uint8_t*>(file_of(segment.shard)->data()) + segment.file_offset;
+                                } else if (reused_here) {
+                                  data = reused[i]->data();
+                                } else {
+                                  data = created[i]->data();
+                                }
+                                for (const SegmentPiece& piece : segment.pieces) {
+                                  if (!piece_needed(piece)) continue;
+                                  for (uint64_t at = piece.begin; at < piece.end; at += kExchangeChunk) {
+                                    const uint64_t length = std::min(kExchangeChunk, piece.end - at);
+                                    uint8_t* buffer = data + at;
+                                    if (reused_here && piece.node != topo.node) buffer = scratch.data();
+                                    group_.leaders->broadcast(buffer, length, piece.node,
+                                                              fmt::format("exchange segment {}", i), timeout);
+                                  }
+                                }
+                              }
+                            },
+                            &own));
       exchange_s += seconds_since(start);
     }
 
@@ -381,8 +466,8 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                               }
                               continue;
                             }
-                            auto mapping =
-                                shm::Segment::attach(std::move(descriptors[i]), plan.layout_hash, access, describe(i));
+                            auto mapping = shm::Segment::attach(std::move(descriptors[i]), plan.segments[i].layout_hash,
+                                                                access, describe(i));
                             for (const PlannedTensor& p : plan.segments[i].tensors) {
                               tensors.push_back({&catalog_.tensors[p.catalog_index], p.dtype,
                                                  mapping->data() + p.offset, p.nbytes, mapping, nullptr});
@@ -401,6 +486,13 @@ LoadStats NodeLoader::load_opened(const NodeLoadOptions& options,
                              },
                              &own));
     consume_s += seconds_since(start);
+  }
+  // 6. The leader names what it staged as this node's kept copy, or moves the reused copy's expiry on.
+  if (kept) {
+    kept->finish(keep_segments);
+    stats.kept = kept->use();
+  } else {
+    stats.kept = node_kept[topo.node];
   }
   stats.phases.push_back({"create", create_s});
   stats.phases.push_back({"stage", stage_s});

@@ -20,6 +20,7 @@
 #include "shm/node_link.h"
 #include "shm/segment.h"
 #include "worker/device.h"
+#include "worker/kept_load.h"
 
 namespace shardcast {
 
@@ -56,6 +57,9 @@ struct NodeLoadOptions {
   std::function<void(uint64_t done, uint64_t total)> on_bytes;
   Timeout timeout = std::chrono::minutes(10);  // for each wait between ranks (staging included)
   TensorParallel tp;                           // tp.rank is ignored: rank r holds slice r % tp.size
+  // Keep the node's staged segments this long after the load (worker/kept_load.h); a later load asking for the same
+  // bytes reuses them, with or without a keep time of its own. 0: nothing is kept.
+  std::chrono::seconds keep_for{0};
 };
 
 struct RingOptions {
@@ -96,6 +100,7 @@ struct LoadStats {
   size_t segments = 0;
   // Each tensor's source on this node: mapped from its file, or staged and why (coordinator/plan.h).
   std::vector<std::pair<std::string, TensorSource>> tensor_sources;
+  KeptUse kept;  // this node's kept copy: reused, kept, or why not (the note is the node leader's)
   // Placement cuda:
   std::string device;                        // "cuda:0 (NVIDIA H100 80GB HBM3)"
   std::string transport_choice;              // what auto chose and why
@@ -142,6 +147,9 @@ class NodeLoader {
                    Timeout timeout);
   // Links the node's ranks on first use (shm/node_link.h) and makes every wait watch the link.
   void link_node(Timeout timeout);
+  // Every rank's plan hash and each node leader's kept-copy choice, gathered from the whole job; throws when a rank
+  // planned otherwise. Returns each node's choice.
+  std::vector<KeptUse> agree_on_plan(uint64_t layout_hash, const KeptUse& kept, Timeout timeout);
   std::string describe_segment(int load_id, const std::string& what) const;
 
   Group& group_;

@@ -84,6 +84,14 @@ NodeLoadOptions node_options(const LoadOptions& o) {
   n.location.dir = o.shm_dir;
   if (n.location.dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) n.location.dir = std::getenv("SHARDCAST_SHM_DIR");
   n.timeout = o.timeout;
+  if (o.keep_for.count() < 0) throw Error(ErrorCode::kInvalidArgument, "keep_for is negative");
+  if (o.keep_for.count() > 0 && o.placement == Placement::kCuda && o.device_map.empty() &&
+      o.device_map_strategy.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "keep_for applies to a node's staged host copy (placement shared, cow or private, or a device_map's "
+                "\"cpu\" part); placement cuda streams from the files and keeps nothing");
+  }
+  n.keep_for = o.keep_for;
   n.on_step = o.progress;
   n.on_bytes = o.progress_bytes;
   n.tp = o.tp;
@@ -146,6 +154,7 @@ void add_part(LoadStats& total, const LoadStats& part, const std::string& device
   total.rank_bytes_staged += part.rank_bytes_staged;
   total.tensors += part.tensors;
   total.segments += part.segments;
+  if (part.kept.state != KeptState::kNone) total.kept = part.kept;
   total.ring_bytes = std::max(total.ring_bytes, part.ring_bytes);
   total.rank_bytes_to_device += part.rank_bytes_to_device;
   total.rank_bytes_received += part.rank_bytes_received;

@@ -30,7 +30,11 @@ struct LoadOptions {
   std::vector<std::string> tensors;       // empty = all; "prefix*" or exact names
   std::filesystem::path shm_dir;          // empty: /dev/shm (or $SHARDCAST_SHM_DIR); else file-backed segments here
   std::chrono::seconds timeout{600};      // for each wait between ranks, staging included
-  bool parallel_read = true;              // every local rank reads part of the shards (false: the leader alone)
+  // Keep the node's staged copy this long after the load (docs/loading.md "Kept copies"): the next job on the node
+  // asking for the same bytes attaches to it and reads nothing. 0: keep nothing. Placement shared, cow, private and
+  // the device_map's "cpu" part; LoadStats::kept says what became of it.
+  std::chrono::seconds keep_for{0};
+  bool parallel_read = true;  // every local rank reads part of the shards (false: the leader alone)
   // Across nodes each node reads at most S/nodes plus this; a segment or tensor is cut between nodes only beyond it.
   uint64_t node_share_slack = 64ull << 20;
   GpuOptions gpu;  // placement cuda: device, transport, ring

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import json
 import os
 import sys
@@ -175,6 +176,20 @@ def _options(
     return o
 
 
+def _keep_for(keep_for: Optional[Union[float, str, datetime.timedelta]]) -> str:
+    if keep_for is None:
+        return ""
+    if isinstance(keep_for, datetime.timedelta):
+        keep_for = keep_for.total_seconds()
+    if isinstance(keep_for, (int, float)) and not isinstance(keep_for, bool):
+        if keep_for < 0:
+            raise ValueError(f"keep_for={keep_for!r} is negative")
+        return f"{keep_for}s"
+    if isinstance(keep_for, str):
+        return keep_for  # "10m", "1h30m", "600": checked by the core
+    raise ValueError(f"keep_for={keep_for!r} is not seconds, a duration string ('10m') or a timedelta")
+
+
 def _map_files(map_files: str) -> str:
     if map_files not in ("auto", "always", "never"):
         raise ValueError(f"map_files={map_files!r} is not one of auto, always, never")
@@ -201,6 +216,7 @@ def load(
     placement: str = "shared",
     dtype: DType = "keep",
     map_files: str = "auto",
+    keep_for: Optional[Union[float, str, datetime.timedelta]] = None,
     tensors: Optional[Iterable[str]] = None,
     tp_size: int = 1,
     tp_rules: Optional[Union[Mapping[str, int], Iterable[str]]] = None,
@@ -240,6 +256,11 @@ def load(
         the files as they are while the tensors live (replace a checkpoint by renaming a new file over it): a file
         truncated in place makes a later read die with SIGBUS, after a message naming it. The result's
         stats["sources"] says, per tensor, "mapped" or why it was staged.
+    keep_for: keep the node's staged copy this long after the job (seconds, "10m", or a timedelta): the next job on
+        the node asking for the same bytes (same files, unchanged; same dtype and tensors) attaches to it in
+        milliseconds and reads nothing, and moves its expiry on. Tensors mapped from the page cache are not staged,
+        so not kept (pass map_files="never" to keep those too). `shardcast ls` lists kept copies, `shardcast gc`
+        removes expired ones, `shardcast gc --kept` all; last_stats()["kept"] says what became of this node's.
     tensors: only these names ("prefix*" matches a prefix).
     tp_size, tp_rules: tensor-parallel slices: rank r holds slice r % tp_size of tensors matching a rule, given as
         {"*.q_proj.weight": 0} or ["*.q_proj.weight:0"] (torch.tensor_split along that dim).
@@ -253,6 +274,7 @@ def load(
     """
     options = _options(placement, dtype, tensors, tp_size, tp_rules, timeout, shm_dir, device, transport)
     options.map_files = _map_files(map_files)
+    options.keep_for = _keep_for(keep_for)
     _set_device_map(options, device_map, max_memory, offload_folder, list(no_split_modules or []), keep_in_fp32_modules)
     with _progress_for(options, "shardcast: loading", verbose):
         named, stats = _C.load(os.fspath(checkpoint), options)
@@ -266,7 +288,8 @@ _last_stats: Optional[Dict[str, Any]] = None
 
 def last_stats() -> Optional[Dict[str, Any]]:
     """The stats of this process's last load() or load_into(): phase times, bytes read, staged and mapped,
-    "sources" ({name: "mapped" or "staged (why)"}), device_map; None before the first."""
+    "sources" ({name: "mapped" or "staged (why)"}), "kept" ({"state": "none", "kept", "reused" or "not kept", "key",
+    "expires_unix", "note"}), device_map; None before the first."""
     return _last_stats
 
 
@@ -314,6 +337,7 @@ def load_into(
     placement: str = "cow",
     dtype: DType = "keep",
     map_files: str = "auto",
+    keep_for: Optional[Union[float, str, datetime.timedelta]] = None,
     tensors: Optional[Iterable[str]] = None,
     tp_size: int = 1,
     tp_rules: Optional[Union[Mapping[str, int], Iterable[str]]] = None,
@@ -352,6 +376,7 @@ def load_into(
     """
     options = _options(placement, dtype, tensors, tp_size, tp_rules, timeout, shm_dir, device, transport)
     options.map_files = _map_files(map_files)
+    options.keep_for = _keep_for(keep_for)
     if no_split_module_classes is None:
         no_split_module_classes = getattr(model, "_no_split_modules", None) or []
     classes = set(no_split_module_classes)

@@ -2,11 +2,15 @@
 #include <gtest/gtest.h>
 
 #include <sys/mount.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <regex>
+#include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -405,7 +409,7 @@ TEST(Cli, DoctorNamesWhatWouldFailAndTheFix) {
     EXPECT_EQ(check["status"] == "ok", check["fix"] == "") << check.dump();
   }
   EXPECT_EQ(names, (std::vector<std::string>{"launcher", "shared memory", "memory", "cgroup memory", "locked memory",
-                                             "segments", "node link", "left segments"}));
+                                             "segments", "node link", "left segments", "kept copies"}));
   EXPECT_EQ(report["failures"], 0);
 
   TempDir dir;
@@ -446,6 +450,64 @@ TEST(Cli, InfoNamesTheCommunicatorsAndABuildWithoutMpiRefusesMpirunRanks) {
                    "OMPI_COMM_WORLD_LOCAL_SIZE=2", SHARDCAST_CLI_PATH, "load", ckpt});
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   EXPECT_CONTAINS(r.err, "this shardcast was built without MPI");
+}
+
+}  // namespace
+}  // namespace shardcast
+
+namespace shardcast {
+namespace {
+
+// Two jobs started at once on a cold node with --keep stage the copy once: one keeps it, the other waits for it and
+// reuses it. ls lists it with what it holds; gc leaves it until it expires; gc --kept removes it and nothing is left.
+TEST(Cli, TwoJobsAtOnceStageOneKeptCopyThatLsListsAndGcRemoves) {
+  TempDir dir;
+  ok({"synth", (dir / "ckpt").string(), "--size", "150MB", "--dtypes", "torch"});
+  fs::create_directories(dir / "shm");
+  const std::string shm = (dir / "shm").string();
+  auto job = [&](const std::string& name) {
+    return run_cli({"load", (dir / "ckpt").string(), "--dtype", "f32", "--map-files", "never", "--keep", "10m",
+                    "--shm-dir", shm, "--report-out", (dir / (name + ".json")).string()});
+  };
+  auto first = std::async(std::launch::async, job, "a");
+  // The second starts once the first has taken the key's lock, i.e. while it stages.
+  const fs::path store = dir / "shm" / ("shardcast-kept-" + std::to_string(geteuid()));
+  for (int i = 0; i < 2000 && !fs::exists(store); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  auto second = std::async(std::launch::async, job, "b");
+  const CommandResult a = first.get(), b = second.get();
+  ASSERT_EQ(a.exit_code, 0) << describe(a);
+  ASSERT_EQ(b.exit_code, 0) << describe(b);
+  const auto ra = nlohmann::json::parse(testing::read_file(dir / "a.json"));
+  const auto rb = nlohmann::json::parse(testing::read_file(dir / "b.json"));
+  const std::set<std::string> states{ra["kept"]["state"], rb["kept"]["state"]};
+  EXPECT_EQ(states, (std::set<std::string>{"kept", "reused"})) << a.out << b.out;
+  EXPECT_EQ(ra["kept"]["key"], rb["kept"]["key"]);
+  const auto& reused = ra["kept"]["state"] == "reused" ? ra : rb;
+  EXPECT_EQ(reused["rank_bytes_staged"], 0);
+  EXPECT_LT(reused["rank_bytes_read"].get<uint64_t>(), 64u << 10);
+  EXPECT_CONTAINS(ra["kept"]["state"] == "kept" ? a.out : b.out, "kept this node's copy as");
+
+  auto listed = nlohmann::json::parse(ok({"ls", "--shm-dir", shm, "--json"}).out);
+  ASSERT_EQ(listed["copies"].size(), 1u);
+  EXPECT_EQ(listed["copies"][0]["key"], ra["kept"]["key"]);
+  EXPECT_EQ(listed["copies"][0]["checkpoint"], fs::absolute(dir / "ckpt").string());
+  EXPECT_GE(listed["copies"][0]["bytes"].get<uint64_t>(), ra["node_bytes_staged"].get<uint64_t>());
+  EXPECT_EQ(listed["copies"][0]["expired"], false);
+  EXPECT_CONTAINS(ok({"ls", "--shm-dir", shm}).out, "1 kept copy holding");
+  EXPECT_CONTAINS(ok({"doctor", "--shm-dir", shm}).out, "1 kept copy of earlier jobs hold");
+
+  EXPECT_CONTAINS(ok({"gc", "--shm-dir", shm}).out, "0 kept copies removed");
+  EXPECT_CONTAINS(ok({"gc", "--shm-dir", shm, "--kept"}).out, "1 kept copy removed");
+  EXPECT_TRUE(fs::is_empty(dir / "shm"));
+}
+
+TEST(Cli, ABadKeepDurationExitsTwoNamingIt) {
+  CommandResult r = run_cli({"load", "/nonexistent", "--keep", "10 minutes"});
+  EXPECT_EQ(r.exit_code, 2) << describe(r);
+  EXPECT_CONTAINS(r.err, "--keep");
+  r = run_cli({"load", "/nonexistent", "--keep", "10m", "--placement", "cuda", "--device-stand-in"});
+  EXPECT_EQ(r.exit_code, 1) << describe(r);
+  EXPECT_CONTAINS(r.err, "placement cuda streams from the files and keeps nothing");
 }
 
 }  // namespace

@@ -166,3 +166,41 @@ TEST(Mpirun, AStragglerIsNamedAtTheTimeoutAndTheJobEnds) {
 
 }  // namespace
 }  // namespace shardcast
+
+namespace shardcast {
+namespace {
+
+// --keep under mpirun: the next job (other ranks) attaches to the node's kept copy, bit-exact, reading and staging
+// nothing; `shardcast gc --kept` removes it and nothing is left. (The store is in a directory of the test's own, so
+// that the user's kept copies in /dev/shm are neither reused nor removed.)
+TEST(Mpirun, AKeptCopyServesTheNextJobWithoutReading) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 4'000'000, 1'000'000, CheckpointFormat::kSafetensors, true);
+  fs::create_directories(dir / "shm");
+  const std::string shm = (dir / "shm").string();
+  std::vector<std::string> args{"load", (dir / "ckpt").string(), "--map-files", "never", "--keep", "10m", "--shm-dir",
+                                shm};
+  for (const std::string& a : testing::load_outputs(dir.path())) args.push_back(a);
+  auto r = mpirun(2, args);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const testing::LoadJob first = testing::expect_bit_exact_job(dir.path(), 2, dir / "ckpt");
+  for (const auto& report : first.reports) EXPECT_EQ(report["kept"]["state"], "kept");
+  const std::string key = first.reports[0]["kept"]["key"];
+
+  r = mpirun(4, args);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("reused kept copy " + key), std::string::npos) << r.out;
+  const testing::LoadJob second = testing::expect_bit_exact_job(dir.path(), 4, dir / "ckpt");
+  for (const auto& report : second.reports) {
+    EXPECT_EQ(report["kept"]["state"], "reused");
+    EXPECT_EQ(report["rank_bytes_staged"], 0);
+  }
+  EXPECT_LT(second.bytes_read, 64u << 10);  // rank 0's index and headers
+
+  auto gc = testing::run_cli({"gc", "--kept", "--shm-dir", shm});
+  EXPECT_NE(gc.out.find("removed kept copy " + key), std::string::npos) << gc.out;
+  EXPECT_TRUE(fs::is_empty(dir / "shm"));
+}
+
+}  // namespace
+}  // namespace shardcast

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <future>
 
 #include <fmt/format.h>
@@ -253,6 +254,53 @@ TEST(ShardcastRun, BadArgumentsAreRefusedClearly) {
   r = testing::run_command({SHARDCAST_RUN_PATH, "-n", "1", "/nonexistent/program"});
   EXPECT_EQ(r.exit_code, 127);
   EXPECT_NE(r.err.find("cannot run '/nonexistent/program'"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace shardcast
+
+namespace shardcast {
+namespace {
+
+// --keep under shardcast-run: the next job attaches to the kept copy (bit-exact, nothing staged or read); the
+// launcher's start removes an expired copy, as `shardcast gc` would. (SHARDCAST_SHM_DIR: a store of the test's own.)
+TEST(ShardcastRun, AKeptCopyServesTheNextJobAndAnExpiredOneGoesAtTheNextStart) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 4'000'000, 1'000'000, CheckpointFormat::kSafetensors, true);
+  fs::create_directories(dir / "shm");
+  const std::string env = "SHARDCAST_SHM_DIR=" + (dir / "shm").string();
+  auto job = [&](int ranks) {
+    auto command = load_command(dir);
+    command.insert(command.end(), {"--map-files", "never", "--keep", "10m"});
+    return testing::run_command(
+        concat({"/usr/bin/env", env, SHARDCAST_RUN_PATH, "--standalone", "-n", std::to_string(ranks)}, command),
+        std::chrono::seconds(180));
+  };
+  auto r = job(2);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const testing::LoadJob first = testing::expect_bit_exact_job(dir.path(), 2, dir / "ckpt");
+  const std::string key = first.reports[0]["kept"]["key"];
+  EXPECT_EQ(first.reports[1]["kept"]["state"], "kept");
+
+  r = job(3);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const testing::LoadJob second = testing::expect_bit_exact_job(dir.path(), 3, dir / "ckpt");
+  for (const auto& report : second.reports) {
+    EXPECT_EQ(report["kept"]["state"], "reused");
+    EXPECT_EQ(report["kept"]["key"], key);
+    EXPECT_EQ(report["rank_bytes_staged"], 0);
+  }
+  EXPECT_LT(second.bytes_read, 64u << 10);  // rank 0's index and headers
+
+  // Let it expire (its manifest says when), then start any job.
+  const fs::path manifest = dir / "shm" / ("shardcast-kept-" + std::to_string(geteuid())) / key / "manifest.json";
+  auto m = nlohmann::json::parse(testing::read_file(manifest));
+  m["expires_unix"] = 1;
+  std::ofstream(manifest) << m.dump();
+  r = testing::run_command({"/usr/bin/env", env, SHARDCAST_RUN_PATH, "--standalone", "-n", "1", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.err.find("shardcast-run: removed kept copy " + key), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_empty(dir / "shm"));
 }
 
 }  // namespace

@@ -1,12 +1,14 @@
 """shardcast.load in a job of one: every placement and dtype, bit-exact against what was written, zero-copy views
 that keep their mapping alive, and errors as the right exception naming the file or tensor."""
 
+import datetime
 import gc
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -118,6 +120,35 @@ def test_a_view_of_a_view_keeps_the_mapping_alive_after_del_state_dict(safetenso
 def test_map_files_is_checked():
     with pytest.raises(ValueError, match="map_files='sometimes'"):
         shardcast.load("/nonexistent", map_files="sometimes")
+
+
+@pytest.mark.parametrize("keep_for", [60, "1m", datetime.timedelta(minutes=1)])
+def test_keep_for_keeps_the_staged_copy_for_the_next_load_and_says_so(tmp_path, safetensors_ckpt, tensors, keep_for):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    first = shardcast.load(safetensors_ckpt, map_files="never", keep_for=keep_for, shm_dir=shm)
+    kept = shardcast.last_stats()["kept"]
+    assert kept["state"] == "kept" and len(kept["key"]) == 32
+    assert kept["expires_unix"] >= time.time() + 55
+    del first
+    gc.collect()
+    again = shardcast.load(safetensors_ckpt, placement="cow", map_files="never", shm_dir=shm)
+    stats = shardcast.last_stats()
+    assert stats["kept"]["state"] == "reused" and stats["kept"]["key"] == kept["key"]
+    assert stats["rank_bytes_staged"] == 0
+    for name, want in tensors.items():
+        assert reference.bit_equal(again[name], want), name
+    del again
+    gc.collect()
+    subprocess.run([os.environ.get("SHARDCAST_CLI", "shardcast"), "gc", "--kept", "--shm-dir", str(shm)], check=True,
+                   capture_output=True)
+    assert not list(shm.iterdir())
+
+
+def test_keep_for_is_checked(safetensors_ckpt):
+    for bad in ["ten minutes", -1, [1]]:
+        with pytest.raises(ValueError, match="keep_for|duration"):
+            shardcast.load(safetensors_ckpt, keep_for=bad)
 
 
 def test_private_tensors_do_not_map_segments(safetensors_ckpt):
