@@ -154,7 +154,7 @@ std::optional<KeptStore::Lock> KeptStore::lock(const std::string& key, std::chro
   const auto deadline = std::chrono::steady_clock::now() + wait;
   while (true) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0 && errno == ENOENT) {  // another process's Lock removed the store as it went empty
+    if (fd < 0 && errno == ENOENT) {  // gc removed the store as it went empty
       ensure_private_dir();
       continue;
     }
@@ -179,8 +179,8 @@ std::optional<KeptStore::Lock> KeptStore::lock(const std::string& key, std::chro
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     // `gc` may have removed the lock file between our open and our flock: then our lock guards nothing; take it anew.
-    struct stat held {
-    }, named{};
+    struct stat held {};
+    struct stat named {};
     if (::fstat(fd, &held) != 0 || ::lstat(path.c_str(), &named) != 0 || held.st_ino != named.st_ino) continue;
     const std::string holder = fmt::format("{} {}", getpid(), job);
     if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, holder.data(), holder.size(), 0) < 0) {
@@ -195,8 +195,9 @@ KeptStore::Lock::~Lock() {
   // Unlinked while held: a process waiting for it then finds the name gone (or another inode) and takes it anew. Only
   // our own inode: after gc unlinked ours, the name may be another process's lock.
   const fs::path path = dir_ / (key_ + kLockSuffix);
-  struct stat copy {
-  }, held{}, named{};
+  struct stat copy {};
+  struct stat held {};
+  struct stat named {};
   if (::lstat((dir_ / key_).c_str(), &copy) != 0 && ::fstat(file_.fd(), &held) == 0 &&
       ::lstat(path.c_str(), &named) == 0 && held.st_ino == named.st_ino) {
     ::unlink(path.c_str());

@@ -151,7 +151,9 @@ std::vector<KeptUse> NodeLoader::agree_on_plan(uint64_t layout_hash, const KeptU
                               r, t.rank, hash, layout_hash),
                   {static_cast<int>(r)});
     }
-    if (state != static_cast<char>(KeptState::kNone)) node_kept[node] = {static_cast<KeptState>(state), key};
+    if (state == static_cast<char>(KeptState::kNone)) continue;
+    node_kept[node].state = static_cast<KeptState>(state);
+    node_kept[node].key = key;
   }
   return node_kept;
 }

@@ -187,7 +187,9 @@ TEST(PlanSplit, FiveUnevenShardsOnThreeNodesReadAtMostAThirdPlusAPageEach) {
       if (segment.sole_node() >= 0) continue;
       ++split;
       EXPECT_FALSE(segment.mapped);
-      if (map_files == MapFiles::kAlways) EXPECT_EQ(segment.tensors[0].source, TensorSource::kSplit);
+      if (map_files == MapFiles::kAlways) {
+        EXPECT_EQ(segment.tensors[0].source, TensorSource::kSplit);
+      }
     }
     EXPECT_GE(split, 1u);
   }

@@ -201,6 +201,28 @@ TEST(KeptLoad, AnotherDtypeIsAnotherCopy) {
   shm::KeptStore(shm::Location{dir / "shm"}).collect(shm::unix_now(), true);
 }
 
+TEST(KeptLoad, AnUnusableCopyIsNeverAttachedAndTheNextKeepReplacesIt) {
+  TempDir dir;
+  synthesize_checkpoint(dir / "ckpt", 2'000'000, 700'000, CheckpointFormat::kSafetensors, true);
+  KeptJob job;
+  job.keep = std::chrono::seconds(60);
+  const auto first = run_job(dir, job);
+  const fs::path copy = dir / "shm" / ("shardcast-kept-" + std::to_string(geteuid())) / first[0].key;
+  fs::permissions(copy / "s0", fs::perms::others_read, fs::perm_options::add);  // open to others: refused
+
+  const auto second = run_job(dir, job);
+  EXPECT_EQ(second[0].state, "kept") << "staged anew and kept under the same key";
+  EXPECT_EQ(second[0].key, first[0].key);
+  EXPECT_GT(second[0].bytes_staged, 0u);
+  EXPECT_EQ(second[0].digest, first[0].digest);
+  EXPECT_EQ(fs::status(copy / "s0").permissions() & fs::perms::others_read, fs::perms::none) << "replaced";
+
+  const auto third = run_job(dir, job);
+  EXPECT_EQ(third[0].state, "reused");
+  EXPECT_EQ(third[0].digest, first[0].digest);
+  shm::KeptStore(shm::Location{dir / "shm"}).collect(shm::unix_now(), true);
+}
+
 TEST(KeptLoad, NodesReuseTheirCopiesAndANodeWithoutOneReceivesFromOneThatHasIt) {
   TempDir dir;
   synthesize_checkpoint(dir / "ckpt", 3'000'000, 900'000, CheckpointFormat::kSafetensors, true);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <fstream>
 #include <set>
+#include <stdexcept>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -37,7 +38,8 @@ void parse_with_callback_parser(const std::string& text) {
     if (event == nlohmann::json::parse_event_t::key) open_objects.back().insert(parsed.get<std::string>());
     return true;
   };
-  nlohmann::json::parse(text, callback);
+  const nlohmann::json parsed = nlohmann::json::parse(text, callback);
+  if (parsed.is_discarded()) throw std::runtime_error("callback parser discarded the header");
 }
 
 }  // namespace
