@@ -35,14 +35,9 @@ struct Args {
   std::vector<std::string> command;
 };
 
-shardcast::shm::Location segment_location() {
-  const char* dir = std::getenv("SHARDCAST_SHM_DIR");
-  return shardcast::shm::Location{dir ? dir : ""};
-}
-
 // After a failed job: named segments (of earlier versions) whose creators are gone, as `shardcast gc` removes them.
 void remove_leftover_segments() {
-  for (const auto& o : shardcast::shm::remove_orphans(segment_location())) {
+  for (const auto& o : shardcast::shm::remove_orphans(shardcast::shm::Location::resolve(""))) {
     fmt::print(stderr, "shardcast-run: removed segment {} ({}, {}) left by a stopped rank\n", o.name,
                shardcast::format_size(o.bytes), o.state);
   }
@@ -51,7 +46,7 @@ void remove_leftover_segments() {
 // Before a job: the user's expired kept copies (load --keep) and half-published ones, so that their memory is free
 // for this job; nothing else removes them before `shardcast gc` or the next load on the node.
 void remove_expired_kept_copies() {
-  for (const auto& c : shardcast::shm::remove_expired_kept_copies(segment_location())) {
+  for (const auto& c : shardcast::shm::remove_expired_kept_copies(shardcast::shm::Location::resolve(""))) {
     fmt::print(stderr, "shardcast-run: removed kept copy {} ({}, {})\n", c.name, shardcast::format_size(c.allocated),
                c.problem.empty() ? "expired" : c.problem);
   }

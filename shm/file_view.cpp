@@ -57,6 +57,19 @@ FileView::~FileView() {
   ::munmap(data_, size_);
 }
 
+uint64_t FileView::resident_bytes(uint64_t first, uint64_t end) const {
+  if (first >= end) return 0;
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((end - first + page - 1) / page);
+  if (::mincore(data_ + first, end - first, resident.data()) != 0)
+    throw_system_error("mincore", path().string(), errno);
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < resident.size(); ++i) {
+    if (resident[i] & 1) bytes += std::min(end, first + (i + 1) * page) - (first + i * page);
+  }
+  return bytes;
+}
+
 void FileView::prefetch(uint64_t offset, uint64_t length) {
   if (length == 0) return;
   if (offset + length > size_) {
@@ -66,13 +79,7 @@ void FileView::prefetch(uint64_t offset, uint64_t length) {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   const uint64_t first = offset / page * page;
   const uint64_t end = std::min(size_, (offset + length + page - 1) / page * page);
-  std::vector<unsigned char> resident((end - first + page - 1) / page);
-  if (::mincore(data_ + first, end - first, resident.data()) != 0)
-    throw_system_error("mincore", path().string(), errno);
-  uint64_t missing = 0;
-  for (size_t i = 0; i < resident.size(); ++i) {
-    if (!(resident[i] & 1)) missing += std::min(end, first + (i + 1) * page) - (first + i * page);
-  }
+  const uint64_t missing = (end - first) - resident_bytes(first, end);
   if (missing == 0) return;
   // Exactly the range: its reads queued at once (WILLNEED reads at most the device's readahead size per call, so in
   // steps no device goes below), then faulted in without the fault path's read-around, which would read ahead into

@@ -37,6 +37,9 @@ class FileView {
   // kCorruptCheckpoint, not a SIGBUS.
   void prefetch(uint64_t offset, uint64_t length);
 
+  // Bytes of [first, end) in the page cache now (mincore); `first` page-aligned, `end` a page boundary or size().
+  uint64_t resident_bytes(uint64_t first, uint64_t end) const;
+
   // kCorruptCheckpoint when the open file no longer is `expected` (truncated or rewritten in place since mapping).
   void check_unchanged(const FileIdentity& expected, const std::string& when) const;
 

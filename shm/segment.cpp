@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -117,6 +118,11 @@ bool read_header(const std::string& name, const Location& location, SegmentHeade
 }
 
 }  // namespace
+
+Location Location::resolve(const fs::path& dir) {
+  const char* env = std::getenv("SHARDCAST_SHM_DIR");
+  return Location{!dir.empty() || env == nullptr ? dir : fs::path(env)};
+}
 
 std::string Location::describe() const {
   return dir.empty() ? "/dev/shm" : dir.string();

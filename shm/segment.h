@@ -23,6 +23,8 @@ struct Location {
 
   std::filesystem::path filesystem() const { return dir.empty() ? std::filesystem::path("/dev/shm") : dir; }
   std::string describe() const;
+  // Where a load puts segments: `dir` (--shm-dir), else $SHARDCAST_SHM_DIR, else POSIX shared memory.
+  static Location resolve(const std::filesystem::path& dir);
 };
 
 enum class Access {

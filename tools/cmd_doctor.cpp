@@ -195,8 +195,7 @@ void add_doctor(CLI::App& app) {
       ->check(CLI::ExistingDirectory);
   cmd->add_flag("--json", json, "print the checks as JSON");
   cmd->callback([] {
-    if (shm_dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) shm_dir = std::getenv("SHARDCAST_SHM_DIR");
-    const shm::Location location{shm_dir};
+    const shm::Location location = shm::Location::resolve(shm_dir);
     std::optional<uint64_t> need;
     if (!checkpoint.empty()) need = open_catalog(checkpoint).tensor_bytes();
     const std::vector<Check> checks = run_checks(location, need);

@@ -1,5 +1,3 @@
-#include <cstdlib>
-
 #include <fmt/format.h>
 
 #include "core/size.h"
@@ -20,8 +18,7 @@ void add_gc(CLI::App& app) {
   cmd->add_flag("--kept", kept, "also remove this user's kept copies that have not expired");
   cmd->add_flag("--dry-run", dry_run, "only list them");
   cmd->callback([] {
-    if (shm_dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) shm_dir = std::getenv("SHARDCAST_SHM_DIR");
-    shm::Location location{shm_dir};
+    const shm::Location location = shm::Location::resolve(shm_dir);
     auto orphans = dry_run ? shm::find_orphans(location) : shm::remove_orphans(location);
     for (const auto& o : orphans) {
       fmt::print("{} {} ({}, {}, creator pid {})\n", dry_run ? "orphan" : "removed", o.name, format_size(o.bytes),

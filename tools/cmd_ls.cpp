@@ -1,5 +1,3 @@
-#include <cstdlib>
-
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -18,8 +16,7 @@ void add_ls(CLI::App& app) {
       ->check(CLI::ExistingDirectory);
   cmd->add_flag("--json", json, "print them as JSON");
   cmd->callback([] {
-    if (shm_dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) shm_dir = std::getenv("SHARDCAST_SHM_DIR");
-    const shm::KeptStore store(shm::Location{shm_dir});
+    const shm::KeptStore store(shm::Location::resolve(shm_dir));
     const int64_t now = shm::unix_now();
     const std::vector<shm::KeptCopyInfo> copies = store.list(now);
     uint64_t total = 0;

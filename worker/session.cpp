@@ -81,8 +81,7 @@ NodeLoadOptions node_options(const LoadOptions& o) {
   n.request.tensors = o.tensors;
   n.request.parallel_read = o.parallel_read;
   n.request.node_share_slack = o.node_share_slack;
-  n.location.dir = o.shm_dir;
-  if (n.location.dir.empty() && std::getenv("SHARDCAST_SHM_DIR")) n.location.dir = std::getenv("SHARDCAST_SHM_DIR");
+  n.location = shm::Location::resolve(o.shm_dir);
   n.timeout = o.timeout;
   if (o.keep_for.count() < 0) throw Error(ErrorCode::kInvalidArgument, "keep_for is negative");
   if (o.keep_for.count() > 0 && o.placement == Placement::kCuda && o.device_map.empty() &&

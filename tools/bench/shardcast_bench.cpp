@@ -1,8 +1,6 @@
 // shardcast-bench: node memory and load time of shardcast against the loaders jobs use today, side by side in one
 // invocation. Every configuration runs under mpirun; memory is sampled from /proc/meminfo while it runs. `nodes`
 // compares the storage bytes a whole job reads on K virtual nodes.
-#include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +20,7 @@
 #include "core/error.h"
 #include "core/io_stats.h"
 #include "core/size.h"
+#include "shm/file_view.h"
 #include "shm/kept_copies.h"
 #include "tools/bench/baseline_loaders.h"
 #include "tools/bench/gpu_bench.h"
@@ -104,21 +103,11 @@ uint64_t safetensors_bytes(const fs::path& checkpoint) {
 
 // Bytes of the checkpoint's safetensors files in the page cache now (mincore): the node's one copy of mapped tensors.
 uint64_t safetensors_bytes_cached(const fs::path& checkpoint) {
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   uint64_t cached = 0;
   for (const auto& e : fs::directory_iterator(checkpoint)) {
-    if (e.path().extension() != ".safetensors" || e.file_size() == 0) continue;
-    const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    const size_t size = e.file_size();
-    void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    if (map == MAP_FAILED) continue;
-    std::vector<unsigned char> resident((size + page - 1) / page);
-    if (::mincore(map, size, resident.data()) == 0) {
-      for (unsigned char r : resident) cached += (r & 1) ? page : 0;
-    }
-    ::munmap(map, size);
+    if (e.path().extension() != ".safetensors") continue;
+    const auto view = shm::FileView::map(e.path(), shm::Access::kReadOnly);
+    cached += view->resident_bytes(0, view->size());
   }
   return cached;
 }
