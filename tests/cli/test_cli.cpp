@@ -16,6 +16,7 @@
 
 #include "core/size.h"
 #include "shardcast/config.h"
+#include "shm/kept_copies.h"
 #include "tests/support/hub_cache.h"
 #include "tests/support/run_command.h"
 #include "tests/support/safetensors_bytes.h"
@@ -452,12 +453,6 @@ TEST(Cli, InfoNamesTheCommunicatorsAndABuildWithoutMpiRefusesMpirunRanks) {
   EXPECT_CONTAINS(r.err, "this shardcast was built without MPI");
 }
 
-}  // namespace
-}  // namespace shardcast
-
-namespace shardcast {
-namespace {
-
 // Two jobs started at once on a cold node with --keep stage the copy once: one keeps it, the other waits for it and
 // reuses it. ls lists it with what it holds; gc leaves it until it expires; gc --kept removes it and nothing is left.
 TEST(Cli, TwoJobsAtOnceStageOneKeptCopyThatLsListsAndGcRemoves) {
@@ -471,7 +466,7 @@ TEST(Cli, TwoJobsAtOnceStageOneKeptCopyThatLsListsAndGcRemoves) {
   };
   auto first = std::async(std::launch::async, job, "a");
   // The second starts once the first has taken the key's lock, i.e. while it stages.
-  const fs::path store = dir / "shm" / ("shardcast-kept-" + std::to_string(geteuid()));
+  const fs::path store = shm::KeptStore(shm::Location{dir / "shm"}).dir();
   for (int i = 0; i < 2000 && !fs::exists(store); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   auto second = std::async(std::launch::async, job, "b");
   const CommandResult a = first.get(), b = second.get();

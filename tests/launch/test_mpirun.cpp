@@ -164,12 +164,6 @@ TEST(Mpirun, AStragglerIsNamedAtTheTimeoutAndTheJobEnds) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
-}  // namespace
-}  // namespace shardcast
-
-namespace shardcast {
-namespace {
-
 // --keep under mpirun: the next job (other ranks) attaches to the node's kept copy, bit-exact, reading and staging
 // nothing; `shardcast gc --kept` removes it and nothing is left. (The store is in a directory of the test's own, so
 // that the user's kept copies in /dev/shm are neither reused nor removed.)
@@ -190,12 +184,7 @@ TEST(Mpirun, AKeptCopyServesTheNextJobWithoutReading) {
   r = mpirun(4, args);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("reused kept copy " + key), std::string::npos) << r.out;
-  const testing::LoadJob second = testing::expect_bit_exact_job(dir.path(), 4, dir / "ckpt");
-  for (const auto& report : second.reports) {
-    EXPECT_EQ(report["kept"]["state"], "reused");
-    EXPECT_EQ(report["rank_bytes_staged"], 0);
-  }
-  EXPECT_LT(second.bytes_read, 64u << 10);  // rank 0's index and headers
+  testing::expect_reused_kept_copy(testing::expect_bit_exact_job(dir.path(), 4, dir / "ckpt"), key);
 
   auto gc = testing::run_cli({"gc", "--kept", "--shm-dir", shm});
   EXPECT_NE(gc.out.find("removed kept copy " + key), std::string::npos) << gc.out;

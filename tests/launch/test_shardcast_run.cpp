@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "coordinator/synth.h"
+#include "shm/kept_copies.h"
 #include "tests/support/load_job.h"
 #include "tests/support/run_command.h"
 #include "tests/support/temp_dir.h"
@@ -256,12 +257,6 @@ TEST(ShardcastRun, BadArgumentsAreRefusedClearly) {
   EXPECT_NE(r.err.find("cannot run '/nonexistent/program'"), std::string::npos) << r.err;
 }
 
-}  // namespace
-}  // namespace shardcast
-
-namespace shardcast {
-namespace {
-
 // --keep under shardcast-run: the next job attaches to the kept copy (bit-exact, nothing staged or read); the
 // launcher's start removes an expired copy, as `shardcast gc` would. (SHARDCAST_SHM_DIR: a store of the test's own.)
 TEST(ShardcastRun, AKeptCopyServesTheNextJobAndAnExpiredOneGoesAtTheNextStart) {
@@ -284,16 +279,10 @@ TEST(ShardcastRun, AKeptCopyServesTheNextJobAndAnExpiredOneGoesAtTheNextStart) {
 
   r = job(3);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  const testing::LoadJob second = testing::expect_bit_exact_job(dir.path(), 3, dir / "ckpt");
-  for (const auto& report : second.reports) {
-    EXPECT_EQ(report["kept"]["state"], "reused");
-    EXPECT_EQ(report["kept"]["key"], key);
-    EXPECT_EQ(report["rank_bytes_staged"], 0);
-  }
-  EXPECT_LT(second.bytes_read, 64u << 10);  // rank 0's index and headers
+  testing::expect_reused_kept_copy(testing::expect_bit_exact_job(dir.path(), 3, dir / "ckpt"), key);
 
   // Let it expire (its manifest says when), then start any job.
-  const fs::path manifest = dir / "shm" / ("shardcast-kept-" + std::to_string(geteuid())) / key / "manifest.json";
+  const fs::path manifest = shm::KeptStore(shm::Location{dir / "shm"}).dir() / key / "manifest.json";
   auto m = nlohmann::json::parse(testing::read_file(manifest));
   m["expires_unix"] = 1;
   std::ofstream(manifest) << m.dump();

@@ -155,7 +155,7 @@ TEST(KeptStore, CollectRemovesExpiredAndOrphanedCopiesAndLeavesNothingBehind) {
   f.stage();
   f.publish(unix_now() + 600);
   f.segments.clear();
-  fs::create_directories(f.store.dir() / (std::string(kKey) + ".publish-999999"));  // a publisher that died
+  fs::create_directories(f.store.dir() / (std::string(kKey) + ".publish-999999"));           // a publisher that died
   std::ofstream(f.store.dir() / "fedcba9876543210fedcba9876543210.lock") << "999999 job-x";  // a keeper that died
 
   auto removed = f.store.collect(unix_now(), false);

@@ -39,6 +39,16 @@ LoadJob expect_bit_exact_job(const fs::path& dir, int ranks, const fs::path& che
   return job;
 }
 
+void expect_reused_kept_copy(const LoadJob& job, const std::string& key) {
+  for (size_t rank = 0; rank < job.reports.size(); ++rank) {
+    const auto& report = job.reports[rank];
+    EXPECT_EQ(report["kept"]["state"], "reused") << "rank " << rank;
+    EXPECT_EQ(report["kept"]["key"], key) << "rank " << rank;
+    EXPECT_EQ(report["rank_bytes_staged"], 0) << "rank " << rank;
+  }
+  EXPECT_LT(job.bytes_read, 64u << 10);
+}
+
 void expect_read_once(const LoadJob& job, uint64_t tensor_bytes, const fs::path& checkpoint) {
   uint64_t files = 0, shards = 0;
   for (const auto& e : fs::directory_iterator(checkpoint)) {

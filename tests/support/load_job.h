@@ -29,6 +29,10 @@ LoadJob expect_bit_exact_job(const std::filesystem::path& dir, int ranks, const 
 // a mapped load reads only what the page cache lacks.
 void expect_read_once(const LoadJob& job, uint64_t tensor_bytes, const std::filesystem::path& checkpoint);
 
+// Expects every rank to have attached to its node's kept copy `key`: nothing staged, and nothing read but rank 0's
+// index and headers (under 64 KiB in all).
+void expect_reused_kept_copy(const LoadJob& job, const std::string& key);
+
 // The job's segments in /dev/shm (there should be none once it has ended). Only this job's: other jobs (a parallel
 // test run, a user's load) may hold segments of their own meanwhile.
 std::vector<std::string> segments_in_dev_shm(const std::string& job_id);

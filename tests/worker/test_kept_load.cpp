@@ -98,8 +98,15 @@ std::string fresh_digest(const TempDir& dir, const std::string& dtype) {
   return results[0].digest;
 }
 
-std::vector<shm::KeptCopyInfo> kept_in(const fs::path& shm_dir) {
-  return shm::KeptStore(shm::Location{shm_dir}).list(shm::unix_now());
+// The store the jobs of a test keep their copies in (dir/shm), its copies, and removing them all.
+shm::KeptStore store_of(const TempDir& dir) {
+  return shm::KeptStore(shm::Location{dir / "shm"});
+}
+std::vector<shm::KeptCopyInfo> kept_in(const TempDir& dir) {
+  return store_of(dir).list(shm::unix_now());
+}
+void remove_kept(const TempDir& dir) {
+  store_of(dir).collect(shm::unix_now(), true);
 }
 
 // Headers and the index: what rank 0 still reads when the tensors come from a kept copy.
@@ -139,12 +146,12 @@ TEST(KeptLoad, TheNextJobReusesTheCopyBitExactWithOtherRanksAndPlacementReadingN
   EXPECT_EQ(reused[0].digest, expected);
   EXPECT_GT(reused[0].expires, kept[0].expires);
 
-  const auto copies = kept_in(dir / "shm");
+  const auto copies = kept_in(dir);
   ASSERT_EQ(copies.size(), 1u);
   EXPECT_EQ(copies[0].name, kept[0].key);
   EXPECT_EQ(copies[0].manifest.expires_unix, reused[0].expires);
   EXPECT_EQ(copies[0].users, 0) << "the jobs have ended";
-  EXPECT_EQ(shm::KeptStore(shm::Location{dir / "shm"}).collect(shm::unix_now(), true).size(), 1u);
+  EXPECT_EQ(store_of(dir).collect(shm::unix_now(), true).size(), 1u);
   EXPECT_TRUE(fs::is_empty(dir / "shm"));
 }
 
@@ -178,8 +185,8 @@ TEST(KeptLoad, AShardRewrittenInPlaceWithItsSizeAndMtimeKeptIsNeverReused) {
   EXPECT_NE(rewritten[0].key, before[0].key);
   EXPECT_NE(rewritten[0].digest, before[0].digest);
   EXPECT_EQ(rewritten[0].digest, fresh_digest(dir, "f32"));
-  EXPECT_EQ(kept_in(dir / "shm").size(), 2u) << "the old copy stays until it expires, unused";
-  shm::KeptStore(shm::Location{dir / "shm"}).collect(shm::unix_now(), true);
+  EXPECT_EQ(kept_in(dir).size(), 2u) << "the old copy stays until it expires, unused";
+  remove_kept(dir);
 }
 
 TEST(KeptLoad, AnotherDtypeIsAnotherCopy) {
@@ -197,8 +204,8 @@ TEST(KeptLoad, AnotherDtypeIsAnotherCopy) {
   const auto third = run_job(dir, f32);
   EXPECT_EQ(third[0].state, "reused");
   EXPECT_EQ(third[0].key, first[0].key);
-  EXPECT_EQ(kept_in(dir / "shm").size(), 2u);
-  shm::KeptStore(shm::Location{dir / "shm"}).collect(shm::unix_now(), true);
+  EXPECT_EQ(kept_in(dir).size(), 2u);
+  remove_kept(dir);
 }
 
 TEST(KeptLoad, AnUnusableCopyIsNeverAttachedAndTheNextKeepReplacesIt) {
@@ -207,7 +214,7 @@ TEST(KeptLoad, AnUnusableCopyIsNeverAttachedAndTheNextKeepReplacesIt) {
   KeptJob job;
   job.keep = std::chrono::seconds(60);
   const auto first = run_job(dir, job);
-  const fs::path copy = dir / "shm" / ("shardcast-kept-" + std::to_string(geteuid())) / first[0].key;
+  const fs::path copy = store_of(dir).dir() / first[0].key;
   fs::permissions(copy / "s0", fs::perms::others_read, fs::perm_options::add);  // open to others: refused
 
   const auto second = run_job(dir, job);
@@ -220,7 +227,7 @@ TEST(KeptLoad, AnUnusableCopyIsNeverAttachedAndTheNextKeepReplacesIt) {
   const auto third = run_job(dir, job);
   EXPECT_EQ(third[0].state, "reused");
   EXPECT_EQ(third[0].digest, first[0].digest);
-  shm::KeptStore(shm::Location{dir / "shm"}).collect(shm::unix_now(), true);
+  remove_kept(dir);
 }
 
 TEST(KeptLoad, NodesReuseTheirCopiesAndANodeWithoutOneReceivesFromOneThatHasIt) {
@@ -262,7 +269,7 @@ TEST(KeptLoad, NodesReuseTheirCopiesAndANodeWithoutOneReceivesFromOneThatHasIt) 
   EXPECT_EQ(mixed[0].bytes_staged + mixed[1].bytes_staged, 0u);
   EXPECT_GT(mixed[2].bytes_staged + mixed[3].bytes_staged, 0u);
   EXPECT_TRUE(fs::is_empty(dir / "shm-node1"));
-  shm::KeptStore(shm::Location{dir / "shm"}).collect(shm::unix_now(), true);
+  remove_kept(dir);
 }
 
 }  // namespace
